@@ -1,0 +1,307 @@
+"""CADCCodec: the learned codec of CADC (Sheng et al., CVPR 2026, arXiv 2602.21591).
+
+x → g_a → y; y → h_a → z; ẑ coded with a factorized entropy bottleneck; UGAQ quantizes
+ŷ = round(y / f_u(y − UP(ẑ))); h_s(ẑ) and a 4-step quadtree context give μ, σ for ŷ;
+g_s(ŷ) = l_T on the SD latent grid; g_aux(l_T[:, :4]) = x̂_aux. The generative half (one-step
+SD-Turbo, BLIP captions) lives in :mod:`cadc.generative`.
+
+The class has CompressAI's shape: ``forward`` for training (likelihoods), ``compress`` /
+``decompress`` for real bitstreams, ``update`` to build the integer CDF tables (buffers in the
+state dict).
+
+Determinism — how the decoder is guaranteed to pick the encoder's CDFs:
+every quantity that selects a CDF or a symbol offset (ẑ, h_s(ẑ), the four context networks, the
+σ-table index and round(μ)) is computed in float64 on the CPU, on cached float64 copies of h_s and
+the context networks, from integer inputs (ẑ symbols + stored medians, decoded ŷ). Float64
+convolutions on the CPU are bit-identical across thread counts (measured, see
+docs/determinism.md); across CPUs their ~1e-16 relative error makes a boundary hit about
+1e-13 likely per element, against ~1e-6 in float32. ẑ's CDFs are integer tables stored in the
+checkpoint. With ``exact=True`` (the default) the encoder-only networks g_a, h_a and f_u run in
+float64 on the CPU too, so the same image gives a byte-identical file whatever the thread count;
+``exact=False`` runs them on the model's device and dtype (fast path; files stay decodable
+everywhere, but byte-identity across devices is no longer promised).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from compressai.models.utils import update_registered_buffers
+from torch import nn
+from torch.nn import functional as F
+
+from .config import CodecConfig
+from .entropy import CdfTables, SnappedGaussianConditional, StreamDecoder, StreamEncoder, ste_round
+from .quadtree import NUM_STEPS, QuadtreeContext, step_masks
+from .transforms import AnalysisTransform, AuxDecoder, HyperAnalysis, HyperSynthesis, SynthesisTransform
+from .ugaq import UncertaintyQuantizer
+
+DOWNSCALE = 64
+"""Image size must be a multiple of this (pixels per y element along each axis)."""
+HYPER_DOWNSCALE = 4
+"""y elements per z element along each axis; y is replicate-padded to a multiple of it for h_a."""
+LATENT_DOWNSCALE = 8
+"""Pixels per l_T element along each axis (the SD latent grid)."""
+
+
+@dataclass(frozen=True)
+class CompressedImage:
+    """One image's bitstream: a single rANS stream holding ẑ then ŷ's four quadtree steps."""
+
+    payload: bytes
+    y_shape: tuple[int, int, int]
+    z_shape: tuple[int, int, int]
+    bits_estimated_y: float
+    bits_estimated_z: float
+
+    @property
+    def bits_estimated(self) -> float:
+        """−Σ log2 P of every coded symbol under the coded (table-snapped) model."""
+        return self.bits_estimated_y + self.bits_estimated_z
+
+
+@dataclass(frozen=True)
+class DecodedLatent:
+    """Output of ``decompress`` for one image (padded size; crop with the file's header)."""
+
+    y_hat: torch.Tensor  # [1, Cy, H/64, W/64], integer-valued float32
+    l_T: torch.Tensor  # [1, Cl, H/8, W/8] float32 (or the model's dtype)
+    x_aux: torch.Tensor | None  # [1, 3, H, W] in 0..1, None when the codec has no g_aux
+
+
+def hyper_grid(height: int, width: int) -> tuple[int, int]:
+    """z's grid for a y grid of ``height`` × ``width``: ⌈h/4⌉ × ⌈w/4⌉."""
+    return -(-height // HYPER_DOWNSCALE), -(-width // HYPER_DOWNSCALE)
+
+
+def _pad_to_hyper_grid(y: torch.Tensor) -> torch.Tensor:
+    zh, zw = hyper_grid(*y.shape[-2:])
+    pad_h, pad_w = zh * HYPER_DOWNSCALE - y.shape[-2], zw * HYPER_DOWNSCALE - y.shape[-1]
+    return F.pad(y, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else y
+
+
+class CADCCodec(nn.Module):
+    """CADC's learned codec. See the module docstring for the data flow and determinism."""
+
+    def __init__(self, config: CodecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.g_a = AnalysisTransform(config)
+        self.h_a = HyperAnalysis(config)
+        self.entropy_bottleneck = EntropyBottleneck(config.z_channels)
+        self.ugaq = (
+            UncertaintyQuantizer(config.y_channels, config.z_channels, config.ugaq_width) if config.ugaq else None
+        )
+        self.h_s = HyperSynthesis(config)
+        self.context = QuadtreeContext(config.y_channels, config.ctx_width)
+        self.gaussian_conditional = SnappedGaussianConditional(
+            config.scale_min, config.scale_max, config.num_scales
+        )
+        self.g_s = SynthesisTransform(config)
+        self.g_aux = AuxDecoder(config) if config.aux else None
+        self._float64_copies: dict[str, tuple[tuple, nn.Module]] = {}
+
+    # ------------------------------------------------------------------ training
+    def forward(self, x: torch.Tensor) -> dict:
+        """Training pass with straight-through rounding.
+
+        Args:
+            x: [B, 3, H, W] in 0..1, H and W multiples of 64.
+
+        Returns:
+            ``likelihoods`` {"y": [B, Cy, H/64, W/64], "z": [B, Cz, h_z, w_z]}, ``y_hat``,
+            ``l_T`` [B, Cl, H/8, W/8], ``x_aux`` [B, 3, H, W] or None, ``m`` (UGAQ steps, like y).
+        """
+        self._check_input(x)
+        y = self.g_a(x)
+        z = self.h_a(_pad_to_hyper_grid(y))
+        _, z_likelihoods = self.entropy_bottleneck(z)
+        medians = self._medians(z.dtype, z.device)
+        z_hat = ste_round(z - medians) + medians
+        m = self.ugaq.step(y, z_hat) if self.ugaq is not None else torch.ones_like(y)
+        y_hat = ste_round(y / m)
+        hyper = self.h_s(z_hat)[..., : y.shape[-2], : y.shape[-1]]
+        means, scales = self.context(hyper, y_hat)
+        y_likelihoods = self.gaussian_conditional.snapped_likelihood(y_hat, scales, means)
+        l_T = self.g_s(y_hat)
+        x_aux = self.g_aux(l_T[:, :4]) if self.g_aux is not None else None
+        return {
+            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
+            "y_hat": y_hat,
+            "l_T": l_T,
+            "x_aux": x_aux,
+            "m": m,
+        }
+
+    def aux_loss(self) -> torch.Tensor:
+        """CompressAI's auxiliary loss that fits the entropy bottleneck's quantiles."""
+        return self.entropy_bottleneck.loss()
+
+    # ------------------------------------------------------------------ coding
+    def update(self, force: bool = False) -> bool:
+        """Build the integer CDF tables of ẑ and ŷ (buffers saved in the state dict).
+
+        The tables are computed in float64 so that building them is reproducible across CPUs.
+        """
+        updated = False
+        for module in (self.entropy_bottleneck, self.gaussian_conditional):
+            module.double()
+            if module is self.gaussian_conditional:
+                updated |= module.update_scale_table(module.scale_table.tolist(), force=force)
+            else:
+                updated |= module.update(force=force)
+            module.float()
+        return updated
+
+    @torch.inference_mode()
+    def compress(self, x: torch.Tensor, exact: bool = True) -> list[CompressedImage]:
+        """Code a batch; one independent bitstream per image.
+
+        Args:
+            x: [B, 3, H, W] in 0..1, H and W multiples of 64.
+            exact: run the encoder-only networks in float64 on the CPU (byte-identical files
+                across runs, thread counts and machines). False uses the model's device/dtype.
+        """
+        self._check_input(x)
+        g_a, h_a, ugaq = (
+            (self._float64("g_a"), self._float64("h_a"), self._float64("ugaq"))
+            if exact
+            else (self.g_a, self.h_a, self.ugaq)
+        )
+        param = next(g_a.parameters())
+        y = g_a(x.to(device=param.device, dtype=param.dtype))
+        z = h_a(_pad_to_hyper_grid(y))
+        medians = self._medians(z.dtype, z.device)
+        z_symbols = torch.round(z - medians)
+        z_hat = z_symbols + medians
+        m = ugaq.step(y, z_hat) if ugaq is not None else torch.ones_like(y)
+        y_hat = torch.round(y / m)
+        return [
+            self._code_one(z_symbols[i : i + 1].cpu().long(), y_hat[i : i + 1].cpu().double())
+            for i in range(x.shape[0])
+        ]
+
+    @torch.inference_mode()
+    def decompress(
+        self, payload: bytes, y_shape: tuple[int, int, int], z_shape: tuple[int, int, int]
+    ) -> DecodedLatent:
+        """Decode one bitstream into ŷ, l_T and x̂_aux (at the padded size)."""
+        self._check_shapes(y_shape, z_shape)
+        eb_tables, gc_tables = self._tables()
+        decoder = StreamDecoder(payload)
+        z_symbols = decoder.decode(self._channel_indexes(z_shape), eb_tables)
+        hyper = self._hyper_context(z_symbols, y_shape)
+        context = self._float64("context")
+        masks = step_masks(*y_shape)
+        y_hat = torch.zeros(1, *y_shape, dtype=torch.float64)
+        for k in range(NUM_STEPS):
+            means, scales = context.step_params(k, hyper, y_hat)
+            index, _, means_hat = self.gaussian_conditional.snap(scales, means)
+            mask = masks[k][None]
+            symbols = decoder.decode(index[mask], gc_tables)
+            y_hat[mask] = symbols.double() + means_hat[mask]
+        param = next(self.g_s.parameters())
+        y_hat_out = y_hat.to(device=param.device, dtype=param.dtype)
+        l_T = self.g_s(y_hat_out)
+        x_aux = self.g_aux(l_T[:, :4]).clamp(0.0, 1.0) if self.g_aux is not None else None
+        return DecodedLatent(y_hat=y_hat_out, l_T=l_T, x_aux=x_aux)
+
+    def _code_one(self, z_symbols: torch.Tensor, y_hat: torch.Tensor) -> CompressedImage:
+        """Entropy-code one image: ẑ symbols [1, Cz, hz, wz] int64, ŷ [1, Cy, h, w] float64."""
+        eb_tables, gc_tables = self._tables()
+        y_shape = tuple(y_hat.shape[1:])
+        z_shape = tuple(z_symbols.shape[1:])
+        encoder = StreamEncoder()
+        encoder.encode(z_symbols, self._channel_indexes(z_shape), eb_tables)
+        z_hat = z_symbols.float() + self._medians(torch.float32, torch.device("cpu"))
+        z_likelihood, _, _ = self.entropy_bottleneck._likelihood(z_hat.permute(1, 0, 2, 3).reshape(z_shape[0], 1, -1))
+        bits_z = float(-torch.log2(z_likelihood.double().clamp_min(1e-9)).sum())
+
+        hyper = self._hyper_context(z_symbols, y_shape)
+        context = self._float64("context")
+        masks = step_masks(*y_shape)
+        decoded = torch.zeros(1, *y_shape, dtype=torch.float64)
+        bits_y = 0.0
+        for k in range(NUM_STEPS):
+            means, scales = context.step_params(k, hyper, y_hat * decoded)
+            index, scales_hat, means_hat = self.gaussian_conditional.snap(scales, means)
+            mask = masks[k][None]
+            encoder.encode(y_hat[mask] - means_hat[mask], index[mask], gc_tables)
+            likelihood = self.gaussian_conditional._likelihood(y_hat[mask], scales_hat[mask], means_hat[mask])
+            bits_y += float(-torch.log2(likelihood.clamp_min(1e-9)).sum())
+            decoded[mask] = 1.0
+        return CompressedImage(encoder.finish(), y_shape, z_shape, bits_y, bits_z)
+
+    # ------------------------------------------------------------------ helpers
+    def _hyper_context(self, z_symbols: torch.Tensor, y_shape: tuple[int, int, int]) -> torch.Tensor:
+        """h_s(ẑ) in float64 on the CPU, cropped to y's grid: [1, 2·Cy, h, w]."""
+        z_hat = z_symbols.double() + self._medians(torch.float64, torch.device("cpu"))
+        return self._float64("h_s")(z_hat)[..., : y_shape[1], : y_shape[2]]
+
+    def _medians(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The entropy bottleneck's medians as [1, Cz, 1, 1]."""
+        return self.entropy_bottleneck.quantiles[:, 0, 1].detach().to(device=device, dtype=dtype).reshape(1, -1, 1, 1)
+
+    @staticmethod
+    def _channel_indexes(z_shape: tuple[int, int, int]) -> torch.Tensor:
+        channels, height, width = z_shape
+        return torch.arange(channels).reshape(1, -1, 1, 1).expand(1, channels, height, width)
+
+    def _tables(self) -> tuple[CdfTables, CdfTables]:
+        return CdfTables.of(self.entropy_bottleneck), CdfTables.of(self.gaussian_conditional)
+
+    def _float64(self, name: str) -> nn.Module | None:
+        """A float64 CPU copy of submodule ``name``, rebuilt whenever its parameters change."""
+        module = getattr(self, name)
+        if module is None:
+            return None
+        key = tuple((p.data_ptr(), p._version, p.dtype, str(p.device)) for p in module.parameters())
+        cached = self._float64_copies.get(name)
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                clone = copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
+            cached = (key, clone)
+            self._float64_copies[name] = cached
+        return cached[1]
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(x.shape)}")
+        if x.shape[-2] % DOWNSCALE or x.shape[-1] % DOWNSCALE or x.shape[-2] == 0 or x.shape[-1] == 0:
+            raise ValueError(
+                f"image size {x.shape[-2]}x{x.shape[-1]} is not a positive multiple of {DOWNSCALE}; "
+                "pad it first (cadc.images.pad_to_multiple)"
+            )
+
+    def _check_shapes(self, y_shape: tuple[int, int, int], z_shape: tuple[int, int, int]) -> None:
+        expected_z = (self.config.z_channels, *hyper_grid(y_shape[1], y_shape[2]))
+        if y_shape[0] != self.config.y_channels or tuple(z_shape) != expected_z or min(y_shape) < 1:
+            raise ValueError(
+                f"latent shapes y={tuple(y_shape)} z={tuple(z_shape)} do not fit this model "
+                f"(y needs {self.config.y_channels} channels, z must be {expected_z})"
+            )
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """Like ``nn.Module.load_state_dict``, first resizing the CDF-table buffers to fit."""
+        update_registered_buffers(
+            self.entropy_bottleneck, "entropy_bottleneck", ["_quantized_cdf", "_offset", "_cdf_length"],
+            state_dict, policy="resize",
+        )
+        update_registered_buffers(
+            self.gaussian_conditional, "gaussian_conditional",
+            ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"], state_dict, policy="resize",
+        )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per component, plus ``total``."""
+        counts = {
+            name: sum(p.numel() for p in module.parameters())
+            for name, module in self.named_children()
+            if module is not None
+        }
+        counts["total"] = sum(counts.values())
+        return counts
