@@ -93,11 +93,18 @@ class StreamEncoder:
 
 
 class StreamDecoder:
-    """Reads the runs back in the order they were written."""
+    """Reads the runs back in the order they were written.
 
-    def __init__(self, data: bytes) -> None:
+    CompressAI's C++ decoder does not bounds-check its reads. A valid stream never reads past
+    its end, but a crafted or damaged one (the container's CRC rejects accidental damage first)
+    could; the stream is therefore followed by zero padding sized for the symbol count, so that
+    every read stays inside the buffer: each symbol renormalises by at most one 32-bit word, and
+    an escape run stops at the first zero nibble group it reads.
+    """
+
+    def __init__(self, data: bytes, symbol_count: int) -> None:
         self._decoder = RansDecoder()
-        self._decoder.set_stream(data)
+        self._decoder.set_stream(data + bytes(16 * symbol_count + 4096))
 
     def decode(self, indexes: torch.Tensor, tables: CdfTables) -> torch.Tensor:
         values = self._decoder.decode_stream(

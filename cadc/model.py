@@ -25,6 +25,10 @@ everywhere, but byte-identity across devices is no longer promised).
 from __future__ import annotations
 
 import copy
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +60,7 @@ class CompressedImage:
     z_shape: tuple[int, int, int]
     bits_estimated_y: float
     bits_estimated_z: float
+    y_hat: torch.Tensor  # [1, Cy, h, w] the coded ŷ (float32, integer-valued), for diagnostics
 
     @property
     def bits_estimated(self) -> float:
@@ -70,6 +75,17 @@ class DecodedLatent:
     y_hat: torch.Tensor  # [1, Cy, H/64, W/64], integer-valued float32
     l_T: torch.Tensor  # [1, Cl, H/8, W/8] float32 (or the model's dtype)
     x_aux: torch.Tensor | None  # [1, 3, H, W] in 0..1, None when the codec has no g_aux
+
+
+@contextmanager
+def stage_timer(timings: dict[str, float] | None, name: str) -> Iterator[None]:
+    """Add the wall seconds of the block to ``timings[name]`` (no-op when ``timings`` is None)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def hyper_grid(height: int, width: int) -> tuple[int, int]:
@@ -157,13 +173,17 @@ class CADCCodec(nn.Module):
         return updated
 
     @torch.inference_mode()
-    def compress(self, x: torch.Tensor, exact: bool = True) -> list[CompressedImage]:
+    def compress(
+        self, x: torch.Tensor, exact: bool = True, timings: dict[str, float] | None = None
+    ) -> list[CompressedImage]:
         """Code a batch; one independent bitstream per image.
 
         Args:
             x: [B, 3, H, W] in 0..1, H and W multiples of 64.
             exact: run the encoder-only networks in float64 on the CPU (byte-identical files
                 across runs, thread counts and machines). False uses the model's device/dtype.
+            timings: if given, per-stage wall seconds are added to it (``g_a``, ``hyperprior``,
+                ``ugaq``, ``entropy_encode``).
         """
         self._check_input(x)
         g_a, h_a, ugaq = (
@@ -172,26 +192,55 @@ class CADCCodec(nn.Module):
             else (self.g_a, self.h_a, self.ugaq)
         )
         param = next(g_a.parameters())
-        y = g_a(x.to(device=param.device, dtype=param.dtype))
-        z = h_a(_pad_to_hyper_grid(y))
-        medians = self._medians(z.dtype, z.device)
-        z_symbols = torch.round(z - medians)
-        z_hat = z_symbols + medians
-        m = ugaq.step(y, z_hat) if ugaq is not None else torch.ones_like(y)
-        y_hat = torch.round(y / m)
-        return [
-            self._code_one(z_symbols[i : i + 1].cpu().long(), y_hat[i : i + 1].cpu().double())
-            for i in range(x.shape[0])
-        ]
+        with stage_timer(timings, "g_a"):
+            y = g_a(x.to(device=param.device, dtype=param.dtype))
+        with stage_timer(timings, "hyperprior"):
+            z = h_a(_pad_to_hyper_grid(y))
+            medians = self._medians(z.dtype, z.device)
+            z_symbols = torch.round(z - medians)
+            z_hat = z_symbols + medians
+        with stage_timer(timings, "ugaq"):
+            m = ugaq.step(y, z_hat) if ugaq is not None else torch.ones_like(y)
+            y_hat = torch.round(y / m)
+        with stage_timer(timings, "entropy_encode"):
+            return [
+                self._code_one(z_symbols[i : i + 1].cpu().long(), y_hat[i : i + 1].cpu().double())
+                for i in range(x.shape[0])
+            ]
 
     @torch.inference_mode()
     def decompress(
-        self, payload: bytes, y_shape: tuple[int, int, int], z_shape: tuple[int, int, int]
+        self,
+        payload: bytes,
+        y_shape: tuple[int, int, int],
+        z_shape: tuple[int, int, int],
+        timings: dict[str, float] | None = None,
+        aux: bool = True,
     ) -> DecodedLatent:
-        """Decode one bitstream into ŷ, l_T and x̂_aux (at the padded size)."""
+        """Decode one bitstream into ŷ, l_T and x̂_aux (at the padded size).
+
+        ``timings`` collects ``entropy_decode``, ``g_s`` and ``g_aux`` seconds; ``aux=False``
+        skips g_aux.
+        """
         self._check_shapes(y_shape, z_shape)
+        with stage_timer(timings, "entropy_decode"):
+            y_hat = self._decode_y_hat(payload, y_shape, z_shape)
+        param = next(self.g_s.parameters())
+        y_hat = y_hat.to(device=param.device, dtype=param.dtype)
+        with stage_timer(timings, "g_s"):
+            l_T = self.g_s(y_hat)
+        x_aux = None
+        if aux and self.g_aux is not None:
+            with stage_timer(timings, "g_aux"):
+                x_aux = self.g_aux(l_T[:, :4]).clamp(0.0, 1.0)
+        return DecodedLatent(y_hat=y_hat, l_T=l_T, x_aux=x_aux)
+
+    def _decode_y_hat(
+        self, payload: bytes, y_shape: tuple[int, int, int], z_shape: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """ẑ, then the four quadtree steps of ŷ, from one rANS stream → ŷ [1, Cy, h, w] float64."""
         eb_tables, gc_tables = self._tables()
-        decoder = StreamDecoder(payload)
+        decoder = StreamDecoder(payload, symbol_count=math.prod(z_shape) + math.prod(y_shape))
         z_symbols = decoder.decode(self._channel_indexes(z_shape), eb_tables)
         hyper = self._hyper_context(z_symbols, y_shape)
         context = self._float64("context")
@@ -203,11 +252,7 @@ class CADCCodec(nn.Module):
             mask = masks[k][None]
             symbols = decoder.decode(index[mask], gc_tables)
             y_hat[mask] = symbols.double() + means_hat[mask]
-        param = next(self.g_s.parameters())
-        y_hat_out = y_hat.to(device=param.device, dtype=param.dtype)
-        l_T = self.g_s(y_hat_out)
-        x_aux = self.g_aux(l_T[:, :4]).clamp(0.0, 1.0) if self.g_aux is not None else None
-        return DecodedLatent(y_hat=y_hat_out, l_T=l_T, x_aux=x_aux)
+        return y_hat
 
     def _code_one(self, z_symbols: torch.Tensor, y_hat: torch.Tensor) -> CompressedImage:
         """Entropy-code one image: ẑ symbols [1, Cz, hz, wz] int64, ŷ [1, Cy, h, w] float64."""
@@ -233,7 +278,7 @@ class CADCCodec(nn.Module):
             likelihood = self.gaussian_conditional._likelihood(y_hat[mask], scales_hat[mask], means_hat[mask])
             bits_y += float(-torch.log2(likelihood.clamp_min(1e-9)).sum())
             decoded[mask] = 1.0
-        return CompressedImage(encoder.finish(), y_shape, z_shape, bits_y, bits_z)
+        return CompressedImage(encoder.finish(), y_shape, z_shape, bits_y, bits_z, y_hat.float())
 
     # ------------------------------------------------------------------ helpers
     def _hyper_context(self, z_symbols: torch.Tensor, y_shape: tuple[int, int, int]) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,15 +50,24 @@ class Checkpoint:
     source: str = ""
 
 
+_HASH_CACHE: weakref.WeakKeyDictionary[CADCCodec, tuple[tuple, bytes]] = weakref.WeakKeyDictionary()
+
+
 def weights_hash(codec: CADCCodec) -> bytes:
     """sha256 over the codec's state dict: for each tensor, sorted by name, its name, dtype,
     shape and little-endian bytes. CDF tables are included, so a file only decodes with tables
-    identical to the encoder's."""
+    identical to the encoder's. Cached until a tensor of the codec changes."""
+    state = codec.state_dict()
+    key = tuple((k, v.data_ptr(), v._version, tuple(v.shape)) for k, v in state.items())
+    cached = _HASH_CACHE.get(codec)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     digest = hashlib.sha256()
-    for name, tensor in sorted(codec.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}\n".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    _HASH_CACHE[codec] = (key, digest.digest())
     return digest.digest()
 
 

@@ -1,0 +1,334 @@
+"""Nodes for the learned codec: load it, encode images, save/load ``.cadc`` files, decode l_T.
+
+Custom types passed between nodes:
+
+* ``CADC_CODEC`` — a :class:`cadc.weights.Checkpoint` (the codec plus its denoiser adapter);
+* ``CADC_BITSTREAM`` — a list of :class:`cadc.container.CadcFile`, one per image;
+* ``CADC_LATENT`` — a list of :class:`cadc.codec_io.DecodedImage` (l_T and x̂_aux), one per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from cadc.codec_io import DecodedImage, decode_file, encode_tensor
+from cadc.container import CadcFile, read_cadc, write_cadc
+from cadc.weights import DEFAULT_MODEL_FILE, TINY_RANDOM, Checkpoint, load_checkpoint
+
+from . import host
+
+CATEGORY = "CADC"
+CODEC = "CADC_CODEC"
+BITSTREAM = "CADC_BITSTREAM"
+LATENT = "CADC_LATENT"
+CADC_SUFFIX = ".cadc"
+
+_CODEC_CACHE: dict[tuple[str, int, int], Checkpoint] = {}
+_CODEC_CACHE_SIZE = 2
+
+
+def codec_choices() -> list[str]:
+    """``tiny-random`` and the checkpoints in the ``cadc`` model folders (the shipped one first)."""
+    files = host.folder_paths().get_filename_list(host.CODEC_FOLDER)
+    ordered = sorted(files, key=lambda name: (name != DEFAULT_MODEL_FILE, name))
+    return [*ordered, TINY_RANDOM]
+
+
+def load_cached_checkpoint(source: str) -> Checkpoint:
+    """Load ``tiny-random`` or a checkpoint path, reusing the last few loads (keyed by mtime/size)."""
+    if source == TINY_RANDOM:
+        key = (source, 0, 0)
+    else:
+        stat = os.stat(source)
+        key = (os.path.realpath(source), stat.st_mtime_ns, stat.st_size)
+    if key not in _CODEC_CACHE:
+        while len(_CODEC_CACHE) >= _CODEC_CACHE_SIZE:
+            _CODEC_CACHE.pop(next(iter(_CODEC_CACHE)))
+        # ComfyUI runs nodes under inference_mode; the codec's float64 copies need normal tensors.
+        with torch.inference_mode(False):
+            _CODEC_CACHE[key] = load_checkpoint(source)
+    return _CODEC_CACHE[key]
+
+
+def image_to_tensor(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE [B, H, W, C] → codec input [B, 3, H, W] in 0..1 (alpha dropped)."""
+    return image[..., :3].permute(0, 3, 1, 2).float().clamp(0.0, 1.0).contiguous()
+
+
+def tensor_to_image(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in 0..1 → ComfyUI IMAGE [B, H, W, 3] float32 on the CPU."""
+    return x.detach().float().clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().contiguous()
+
+
+def payload_bits(cadc_file: CadcFile) -> int:
+    """Bits of the entropy-coded payload (what bpp counts; the header is extra)."""
+    return 8 * sum(len(stream) for stream in cadc_file.streams)
+
+
+def describe(cadc_file: CadcFile, file_bytes: int | None = None) -> str:
+    """One line for the UI: size, bpp and file size."""
+    header = cadc_file.header
+    size = len(cadc_file.to_bytes()) if file_bytes is None else file_bytes
+    bpp = payload_bits(cadc_file) / (header.width * header.height)
+    return f"{header.width}x{header.height}  {bpp:.4f} bpp  {size} bytes"
+
+
+def _same_size_batch(images: list[torch.Tensor], what: str) -> torch.Tensor:
+    sizes = {tuple(image.shape[-2:]) for image in images}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"CADC: cannot batch {what} of different sizes {sorted(sizes)}; decode one file at a time"
+        )
+    return torch.cat(images)
+
+
+class LoadCodec:
+    """Load CADC Codec."""
+
+    DESCRIPTION = (
+        "Loads a CADC codec checkpoint (.safetensors) from models/cadc or the pack's models/ folder. "
+        "'tiny-random' is an untrained test codec: its files are real but its images are noise."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CODEC,)
+    RETURN_NAMES = ("codec",)
+    OUTPUT_TOOLTIPS = ("The codec, with the one-step denoiser's adapter weights if the checkpoint has them.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "codec_name": (
+                    codec_choices(),
+                    {"tooltip": "Checkpoint in models/cadc (or the shipped default), or 'tiny-random'."},
+                )
+            }
+        }
+
+    def load(self, codec_name: str) -> tuple[Checkpoint]:
+        if codec_name == TINY_RANDOM:
+            return (load_cached_checkpoint(TINY_RANDOM),)
+        return (
+            load_cached_checkpoint(host.folder_paths().get_full_path_or_raise(host.CODEC_FOLDER, codec_name)),
+        )
+
+
+class EncodeBitstream:
+    """CADC Encode to Bitstream."""
+
+    DESCRIPTION = "Compresses images with the CADC codec: one .cadc bitstream per image of the batch."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (BITSTREAM, "FLOAT")
+    RETURN_NAMES = ("bitstream", "bpp")
+    OUTPUT_TOOLTIPS = (
+        "One .cadc file (in memory) per image; connect to Save CADC or Decode Latent.",
+        "Mean bits per pixel of the entropy-coded payloads over the batch.",
+    )
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "codec": (CODEC, {"tooltip": "The codec from Load CADC Codec."}),
+                "image": ("IMAGE", {"tooltip": "Images to compress (any size; padded internally)."}),
+            }
+        }
+
+    def encode(self, codec: Checkpoint, image: torch.Tensor) -> dict:
+        x = image_to_tensor(image)
+        progress = host.progress_bar(x.shape[0])
+        files: list[CadcFile] = []
+        for i in range(x.shape[0]):
+            host.check_interrupted()
+            files.append(encode_tensor(codec.codec, x[i : i + 1])[0].file)
+            progress.update(1)
+        bpp = [payload_bits(f) / (f.header.width * f.header.height) for f in files]
+        mean_bpp = sum(bpp) / len(bpp)
+        return {"ui": {"cadc_info": [describe(f) for f in files]}, "result": (files, mean_bpp)}
+
+
+class SaveBitstream:
+    """Save CADC."""
+
+    DESCRIPTION = (
+        "Writes .cadc files into ComfyUI's output folder (prefix_00001_.cadc, ...) and shows size and bpp."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "bitstream": (BITSTREAM, {"tooltip": "The .cadc bitstreams to write, one file each."}),
+                "filename_prefix": (
+                    "STRING",
+                    {
+                        "default": "CADC/cadc",
+                        "tooltip": "Prefix of the files, relative to the output folder; may contain a "
+                        "subfolder and %date:yyyy-MM-dd%-style variables like SaveImage.",
+                    },
+                ),
+            }
+        }
+
+    def save(self, bitstream: list[CadcFile], filename_prefix: str) -> dict:
+        paths = host.folder_paths()
+        first = bitstream[0].header
+        folder, name, counter, subfolder, _ = paths.get_save_image_path(
+            filename_prefix, paths.get_output_directory(), first.width, first.height
+        )
+        saved, lines = [], []
+        for cadc_file in bitstream:
+            filename = f"{name}_{counter:05}_{CADC_SUFFIX}"
+            size = write_cadc(os.path.join(folder, filename), cadc_file)
+            saved.append({"filename": filename, "subfolder": subfolder, "type": "output"})
+            lines.append(f"{filename}: {describe(cadc_file, size)}")
+            counter += 1
+        return {"ui": {"cadc_info": lines, "cadc_files": saved}}
+
+
+class LoadBitstream:
+    """Load CADC."""
+
+    DESCRIPTION = (
+        "Reads a .cadc file from ComfyUI's input folder. Use the upload button (or drop a file on the "
+        "node) to copy a .cadc file there."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (BITSTREAM,)
+    RETURN_NAMES = ("bitstream",)
+    OUTPUT_TOOLTIPS = ("The file's bitstream; connect to Decode Latent.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        input_dir = Path(host.folder_paths().get_input_directory())
+        files = sorted(p.name for p in input_dir.glob(f"*{CADC_SUFFIX}") if p.is_file())
+        return {
+            "required": {
+                "cadc_file": (files, {"tooltip": "A .cadc file in ComfyUI's input folder."}),
+            }
+        }
+
+    def load(self, cadc_file: str) -> dict:
+        path = host.folder_paths().get_annotated_filepath(cadc_file)
+        loaded = read_cadc(path)
+        return {"ui": {"cadc_info": [describe(loaded, os.path.getsize(path))]}, "result": ([loaded],)}
+
+    @classmethod
+    def IS_CHANGED(cls, cadc_file: str) -> str:
+        digest = hashlib.sha256()
+        with open(host.folder_paths().get_annotated_filepath(cadc_file), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, cadc_file: str) -> bool | str:
+        if not cadc_file.lower().endswith(CADC_SUFFIX):
+            return f"Not a .cadc file: {cadc_file}"
+        if not host.folder_paths().exists_annotated_filepath(cadc_file):
+            return f"Invalid .cadc file: {cadc_file}"
+        return True
+
+
+class DecodeLatent:
+    """CADC Decode Latent."""
+
+    DESCRIPTION = (
+        "Entropy-decodes .cadc bitstreams into the denoiser's starting latent l_T and the auxiliary "
+        "reconstruction. The codec must be the one that wrote the files."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (LATENT,)
+    RETURN_NAMES = ("cadc_latent",)
+    OUTPUT_TOOLTIPS = ("l_T and x̂_aux per file; connect to Aux Reconstruct and One-Step Denoise.",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "codec": (
+                    CODEC,
+                    {"tooltip": "The codec that encoded the files (checked against the header)."},
+                ),
+                "bitstream": (BITSTREAM, {"tooltip": "Bitstreams from Load CADC or Encode to Bitstream."}),
+            }
+        }
+
+    def decode(self, codec: Checkpoint, bitstream: list[CadcFile]) -> tuple[list[DecodedImage]]:
+        progress = host.progress_bar(len(bitstream))
+        decoded = []
+        for cadc_file in bitstream:
+            host.check_interrupted()
+            decoded.append(decode_file(codec.codec, cadc_file))
+            progress.update(1)
+        return (decoded,)
+
+
+class AuxReconstruct:
+    """CADC Aux Reconstruct."""
+
+    DESCRIPTION = (
+        "The codec's light auxiliary reconstruction x̂_aux (original size): a blurry preview, and the "
+        "image the captioner describes."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("x̂_aux as a batch (all files must have the same size).",)
+    FUNCTION = "reconstruct"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"cadc_latent": (LATENT, {"tooltip": "Output of Decode Latent."})}}
+
+    def reconstruct(self, cadc_latent: list[DecodedImage]) -> tuple[torch.Tensor]:
+        if any(d.x_aux is None for d in cadc_latent):
+            raise ValueError("CADC: this codec has no auxiliary decoder (config aux=False)")
+        return (tensor_to_image(_same_size_batch([d.x_aux for d in cadc_latent], "auxiliary images")),)
+
+
+class CropToOriginal:
+    """CADC Crop to Original Size."""
+
+    DESCRIPTION = (
+        "Crops decoded images (e.g. from VAE Decode after One-Step Denoise) to the size recorded in the "
+        ".cadc header; the codec works on sizes padded to a multiple of 64."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The images at their original size.",)
+    FUNCTION = "crop"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "Decoded images at the padded size."}),
+                "cadc_latent": (LATENT, {"tooltip": "The Decode Latent output the images came from."}),
+            }
+        }
+
+    def crop(self, image: torch.Tensor, cadc_latent: list[DecodedImage]) -> tuple[torch.Tensor]:
+        heights = {d.header.height for d in cadc_latent}
+        widths = {d.header.width for d in cadc_latent}
+        if len(heights) > 1 or len(widths) > 1:
+            raise ValueError("CADC: cannot crop a batch whose files have different sizes")
+        height, width = heights.pop(), widths.pop()
+        if image.shape[1] < height or image.shape[2] < width:
+            raise ValueError(
+                f"CADC: image {image.shape[2]}x{image.shape[1]} is smaller than {width}x{height}"
+            )
+        return (image[:, :height, :width, :].contiguous(),)

@@ -1,0 +1,67 @@
+"""The few ComfyUI services the nodes use, imported lazily.
+
+Inside ComfyUI these are ``folder_paths``, ``comfy.utils.ProgressBar`` and
+``comfy.model_management``. Outside it (unit tests, plain Python) progress and interruption
+checks do nothing, and ``folder_paths`` must be provided by the caller (tests put a stand-in
+module into ``sys.modules``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+from cadc.weights import PACKAGE_MODELS_DIR
+
+CODEC_FOLDER = "cadc"
+"""ComfyUI model folder for CADC checkpoints (``models/cadc``; the pack's ``models/`` too)."""
+CAPTIONER_FOLDER = "blip"
+"""ComfyUI model folder for BLIP captioners saved with ``save_pretrained`` (one folder each)."""
+
+
+def folder_paths() -> ModuleType:
+    """ComfyUI's ``folder_paths`` module (ImportError outside ComfyUI)."""
+    return importlib.import_module("folder_paths")
+
+
+def register_model_folders() -> None:
+    """Register the ``cadc`` and ``blip`` model folders; a no-op outside ComfyUI."""
+    try:
+        paths = folder_paths()
+    except ImportError:
+        return
+    if CODEC_FOLDER not in paths.folder_names_and_paths:
+        paths.folder_names_and_paths[CODEC_FOLDER] = (
+            [os.path.join(paths.models_dir, CODEC_FOLDER)],
+            {".safetensors"},
+        )
+    paths.add_model_folder_path(CODEC_FOLDER, str(PACKAGE_MODELS_DIR))
+    if CAPTIONER_FOLDER not in paths.folder_names_and_paths:
+        paths.folder_names_and_paths[CAPTIONER_FOLDER] = (
+            [os.path.join(paths.models_dir, CAPTIONER_FOLDER)],
+            set(),
+        )
+
+
+class _NoProgress:
+    def update(self, value: int) -> None:
+        """Ignore progress outside ComfyUI."""
+
+
+def progress_bar(total: int) -> object:
+    """ComfyUI's ProgressBar (shown on the node) or a stand-in that ignores updates."""
+    try:
+        from comfy.utils import ProgressBar
+    except ImportError:
+        return _NoProgress()
+    return ProgressBar(total)
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's interruption exception if the user cancelled the run."""
+    try:
+        from comfy.model_management import throw_exception_if_processing_interrupted
+    except ImportError:
+        return
+    throw_exception_if_processing_interrupted()

@@ -1,0 +1,182 @@
+"""Helpers for tests against a real ComfyUI: find the checkout, run a server, convert workflows.
+
+The checkout is taken from ``COMFYUI_PATH`` or ``~/comfy/ComfyUI``. The server runs on 127.0.0.1
+on a free port, on the CPU, with its own temporary base directory (models, input, output,
+custom_nodes, user) and an in-memory database, so nothing is written into the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACK_NAME = "comfyui-cadc"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def find_comfyui() -> tuple[Path | None, str]:
+    """The ComfyUI checkout to test against, or None and the reason there is none."""
+    configured = os.environ.get("COMFYUI_PATH")
+    candidate = Path(configured).expanduser() if configured else Path.home() / "comfy" / "ComfyUI"
+    if not (candidate / "main.py").is_file():
+        source = "COMFYUI_PATH" if configured else "the default location"
+        return None, f"no ComfyUI checkout at {candidate} ({source}); set COMFYUI_PATH to a checkout"
+    return candidate, ""
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ComfyServer:
+    """A ComfyUI server process with the pack linked into its custom_nodes folder."""
+
+    def __init__(self, comfy_dir: Path, base_dir: Path) -> None:
+        self.comfy_dir = comfy_dir
+        self.base_dir = base_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base_dir / "comfyui.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        for sub in ("custom_nodes", "input", "output", "temp", "user", "models/checkpoints"):
+            (base_dir / sub).mkdir(parents=True, exist_ok=True)
+        link = base_dir / "custom_nodes" / PACK_NAME
+        if not link.exists():
+            link.symlink_to(REPO_ROOT, target_is_directory=True)
+
+    @property
+    def input_dir(self) -> Path:
+        return self.base_dir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / "output"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.base_dir / "models"
+
+    def start(self, timeout: float = 180.0) -> None:
+        """Start the server and wait until it answers."""
+        command = [
+            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
+            "--disable-auto-launch", "--disable-api-nodes",
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.get_json("/system_stats")
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Terminate the server (kill it if it does not exit)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=20)
+
+    def log_tail(self, chars: int = 6000) -> str:
+        """The end of the server's log."""
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def get_json(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post_json(self, path: str, body: Any) -> Any:
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                data = response.read()
+                return json.loads(data) if data else None
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(
+                f"POST {path} -> {error.code}: {error.read().decode(errors='replace')}"
+            ) from None
+
+    def run_prompt(self, prompt: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+        """Queue an API-format prompt, wait for it, and return its history entry."""
+        prompt_id = self.post_json("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})["prompt_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get_json(f"/history/{prompt_id}")
+            entry = history.get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                status = entry["status"]
+                if status.get("status_str") != "success":
+                    messages = json.dumps(status.get("messages"), indent=1)[-4000:]
+                    raise RuntimeError(f"prompt failed: {messages}\n{self.log_tail(3000)}")
+                return entry
+            time.sleep(0.25)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s:\n{self.log_tail()}")
+
+
+def widget_names(node_info: dict[str, Any]) -> list[str]:
+    """Names of a node's widget inputs in the order the frontend stores their values.
+
+    ``control_after_generate`` adds a second stored value after its widget; it is returned as
+    an empty name so that the values line up.
+    """
+    names: list[str] = []
+    for section in ("required", "optional"):
+        for name, spec in node_info["input"].get(section, {}).items():
+            kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+            if isinstance(kind, list) or kind in WIDGET_TYPES:
+                names.append(name)
+                if options.get("control_after_generate"):
+                    names.append("")
+    return names
+
+
+def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
+    """Convert a UI-format workflow (what the frontend saves) to an API-format prompt.
+
+    Widget values are matched to widget inputs by position (extra trailing values, such as
+    LoadImage's upload button, are ignored); linked inputs become ``[node_id, output_slot]``.
+    Muted and bypassed nodes are not supported (the bundled workflows have none).
+    """
+    links = {link[0]: link for link in workflow["links"]}
+    prompt: dict[str, Any] = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) != 0:
+            raise ValueError(f"node {node['id']} ({node['type']}) is muted or bypassed")
+        inputs: dict[str, Any] = {}
+        values = node.get("widgets_values") or []
+        for name, value in zip(widget_names(object_info[node["type"]]), values, strict=False):
+            if name:
+                inputs[name] = value
+        for socket_ in node.get("inputs", []):
+            if socket_.get("link") is not None:
+                _, origin, origin_slot, *_ = links[socket_["link"]]
+                inputs[socket_["name"]] = [str(origin), origin_slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt

@@ -1,0 +1,83 @@
+"""Static checks of the bundled UI-format workflows, without ComfyUI.
+
+Every node is a pack node or one of the stock nodes below; every link joins an output and an input
+of the same type, as declared by RETURN_TYPES / INPUT_TYPES; every required link input is
+connected; widget values line up with the widget inputs. The stock signatures are checked
+against a real ComfyUI in test_nodes_comfyui.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import cadc_nodes
+from tests.comfyui_harness import REPO_ROOT, WIDGET_TYPES
+from tests.nodes_fakes import folder_paths
+
+__all__ = ["folder_paths"]  # the fixture is used by name
+
+WORKFLOWS = ["cadc_compress", "cadc_decompress", "cadc_roundtrip"]
+STOCK_NODES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "LoadImage": ({"image": "COMBO"}, ("IMAGE", "MASK")),
+    "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, ()),
+    "PreviewImage": ({"images": "IMAGE"}, ()),
+    "CheckpointLoaderSimple": ({"ckpt_name": "COMBO"}, ("MODEL", "CLIP", "VAE")),
+    "CLIPTextEncode": ({"text": "STRING", "clip": "CLIP"}, ("CONDITIONING",)),
+    "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, ("IMAGE",)),
+}
+"""Inputs (name → type, in declaration order) and outputs of the stock nodes the workflows use."""
+EXTRA_WIDGET_VALUES = {"LoadImage": 1}
+"""Widget values stored beyond the declared inputs (LoadImage's upload button)."""
+
+
+def signature(node_type: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Inputs (name → type, COMBO for lists) and outputs of a pack or stock node."""
+    if node_type in STOCK_NODES:
+        return STOCK_NODES[node_type]
+    cls = cadc_nodes.NODE_CLASS_MAPPINGS[node_type]
+    declared = cls.INPUT_TYPES()
+    inputs = {
+        name: "COMBO" if isinstance(spec[0], list) else spec[0]
+        for section in ("required", "optional")
+        for name, spec in declared.get(section, {}).items()
+    }
+    return inputs, tuple(cls.RETURN_TYPES)
+
+
+def load(name: str) -> dict:
+    return json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_nodes_exist_and_links_type_check(name, folder_paths):
+    workflow = load(name)
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    for node in nodes.values():
+        assert node["type"] in cadc_nodes.NODE_CLASS_MAPPINGS or node["type"] in STOCK_NODES, node["type"]
+    for link_id, origin, origin_slot, target, target_slot, link_type in workflow["links"]:
+        _, outputs = signature(nodes[origin]["type"])
+        assert outputs[origin_slot] == link_type, f"link {link_id}: output type"
+        assert link_id in nodes[origin]["outputs"][origin_slot]["links"], f"link {link_id}: origin"
+        socket = nodes[target]["inputs"][target_slot]
+        assert socket["link"] == link_id, f"link {link_id}: target slot"
+        inputs, _ = signature(nodes[target]["type"])
+        assert inputs[socket["name"]] == link_type, f"link {link_id}: {socket['name']} type"
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_inputs_are_connected_and_widgets_line_up(name, folder_paths):
+    for node in load(name)["nodes"]:
+        inputs, _ = signature(node["type"])
+        linked = {s["name"] for s in node["inputs"] if s.get("link") is not None}
+        widgets = [n for n, kind in inputs.items() if kind in WIDGET_TYPES]
+        sockets = [n for n, kind in inputs.items() if kind not in WIDGET_TYPES]
+        assert set(sockets) <= linked, f"{node['type']} {node['id']}: unconnected {set(sockets) - linked}"
+        expected = len(widgets) + EXTRA_WIDGET_VALUES.get(node["type"], 0)
+        assert len(node.get("widgets_values", [])) == expected, f"{node['type']} {node['id']}: widget values"
+
+
+def test_every_pack_node_is_used_by_some_workflow():
+    used = {node["type"] for name in WORKFLOWS for node in load(name)["nodes"]}
+    assert set(cadc_nodes.NODE_CLASS_MAPPINGS) <= used
