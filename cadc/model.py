@@ -88,6 +88,16 @@ def stage_timer(timings: dict[str, float] | None, name: str) -> Iterator[None]:
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
+def tensor_key(t: torch.Tensor) -> tuple:
+    """Identity + in-place version of a tensor, for caches that must notice weight changes.
+
+    Inference tensors (made under ``torch.inference_mode``, as ComfyUI loads models) have no
+    version counter; they cannot be changed outside inference mode, so storage identity is used.
+    """
+    version = -1 if t.is_inference() else t._version
+    return (t.data_ptr(), version, t.dtype, tuple(t.shape), str(t.device))
+
+
 def hyper_grid(height: int, width: int) -> tuple[int, int]:
     """z's grid for a y grid of ``height`` × ``width``: ⌈h/4⌉ × ⌈w/4⌉."""
     return -(-height // HYPER_DOWNSCALE), -(-width // HYPER_DOWNSCALE)
@@ -303,7 +313,7 @@ class CADCCodec(nn.Module):
         module = getattr(self, name)
         if module is None:
             return None
-        key = tuple((p.data_ptr(), p._version, p.dtype, str(p.device)) for p in module.parameters())
+        key = tuple(tensor_key(p) for p in module.parameters())
         cached = self._float64_copies.get(name)
         if cached is None or cached[0] != key:
             with torch.inference_mode(False), torch.no_grad():

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import CodecConfig, get_preset
-from .model import CADCCodec
+from .model import CADCCodec, tensor_key
 
 FORMAT_VERSION = "1"
 TINY_RANDOM = "tiny-random"
@@ -58,7 +58,7 @@ def weights_hash(codec: CADCCodec) -> bytes:
     shape and little-endian bytes. CDF tables are included, so a file only decodes with tables
     identical to the encoder's. Cached until a tensor of the codec changes."""
     state = codec.state_dict()
-    key = tuple((k, v.data_ptr(), v._version, tuple(v.shape)) for k, v in state.items())
+    key = tuple((k, *tensor_key(v)) for k, v in state.items())
     cached = _HASH_CACHE.get(codec)
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -48,9 +48,7 @@ def load_cached_checkpoint(source: str) -> Checkpoint:
     if key not in _CODEC_CACHE:
         while len(_CODEC_CACHE) >= _CODEC_CACHE_SIZE:
             _CODEC_CACHE.pop(next(iter(_CODEC_CACHE)))
-        # ComfyUI runs nodes under inference_mode; the codec's float64 copies need normal tensors.
-        with torch.inference_mode(False):
-            _CODEC_CACHE[key] = load_checkpoint(source)
+        _CODEC_CACHE[key] = load_checkpoint(source)
     return _CODEC_CACHE[key]
 
 

@@ -48,8 +48,8 @@ def test_actual_bits_match_the_estimate(busy_codec):
     for seed in range(3):
         compressed = busy_codec.compress(make_photo(256, 192, seed=seed))[0]
         bits_actual = 8 * len(compressed.payload)
-        # one rANS stream: its 32-bit flush plus byte alignment is the only framing
-        assert bits_actual <= 1.01 * compressed.bits_estimated + 40, (bits_actual, compressed.bits_estimated)
+        # one rANS stream: the coder's 64-bit final state and 32-bit word alignment are its only framing
+        assert bits_actual <= 1.01 * compressed.bits_estimated + 96, (bits_actual, compressed.bits_estimated)
         assert bits_actual >= 0.97 * compressed.bits_estimated
 
 

@@ -13,6 +13,7 @@ from cadc.generative import AdapterConfig, AdapterError, AdapterWeights, OneStep
 from cadc.testing.tiny_sd import tiny_unet
 
 C = 16  # l_T channels of the tiny codec
+RANK = 8  # smaller than the paper's 32 to keep these tests fast
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,7 +22,7 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _demo(config: AdapterConfig | None = None) -> OneStepDenoiser:
-    return OneStepDenoiser(tiny_unet(), None, config or AdapterConfig(latent_channels=C))
+    return OneStepDenoiser(tiny_unet(), None, config or AdapterConfig(latent_channels=C, rank=RANK))
 
 
 def _trained_like(seed: int = 5) -> AdapterWeights:
@@ -35,7 +36,7 @@ def _trained_like(seed: int = 5) -> AdapterWeights:
             lora[name] = (torch.randn(a.shape, generator=gen) * 0.1, torch.randn(b.shape, generator=gen) * 0.1)
     w = base.conv_in.weight
     return AdapterWeights(
-        AdapterConfig(latent_channels=C),
+        AdapterConfig(latent_channels=C, rank=RANK),
         torch.randn(w.shape, generator=gen) * 0.05,
         torch.randn(w.shape[0], generator=gen) * 0.05,
         lora,
@@ -44,8 +45,21 @@ def _trained_like(seed: int = 5) -> AdapterWeights:
 
 def test_lora_targets_cover_stablecodec_modules() -> None:
     names = [n for n, m in _demo().unet.named_modules() if hasattr(m, "lora_A")]
-    for suffix in ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_shortcut", "proj_in",
-                   "proj_out", "ff.net.0.proj", "ff.net.2", "downsamplers.0.conv", "upsamplers.0.conv"):
+    for suffix in (
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "conv1",
+        "conv2",
+        "conv_shortcut",
+        "proj_in",
+        "proj_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "downsamplers.0.conv",
+        "upsamplers.0.conv",
+    ):
         assert any(n.endswith(suffix) for n in names), suffix
     assert "conv_out" in names and "conv_in" not in names
 
@@ -79,7 +93,9 @@ def test_conv_in_and_lora_from_safetensors_change_the_output(tmp_path) -> None:
         eps_demo = _demo()(l_t, text)
         eps_full = OneStepDenoiser(tiny_unet(), loaded)(l_t, text)
         no_lora = AdapterWeights(
-            loaded.config, loaded.conv_in_weight, loaded.conv_in_bias,
+            loaded.config,
+            loaded.conv_in_weight,
+            loaded.conv_in_bias,
             {k: (a, torch.zeros_like(b)) for k, (a, b) in loaded.lora.items()},
         )
         eps_conv_only = OneStepDenoiser(tiny_unet(), no_lora)(l_t, text)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from cadc.generative import Captioner, GenerativeDecoder, SourceError, SDTurboSource
+from cadc.generative import Captioner, GenerativeDecoder, SDTurboSource, SourceError
 from cadc.generative.clip_tokenizer import open_clip_bpe_path, read_open_clip_bpe, vocab_from_merges
 from cadc.testing.ldm_checkpoint import sd_to_ldm_state_dict, write_sd_checkpoint
 from cadc.testing.tiny_sd import (
@@ -20,16 +19,8 @@ from cadc.testing.tiny_sd import (
     tiny_tokenizer,
     tiny_unet,
     tiny_vae,
+    write_tiny_tokenizer_files,
 )
-
-
-def _write_tokenizer(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = tiny_tokenizer()
-    (folder / "vocab.json").write_text(json.dumps(tok.get_vocab()), encoding="utf-8")
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(" ".join(m) for m in _TINY_MERGES) + "\n", encoding="utf-8"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def single_file(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ckpt")
     path = root / "sd_turbo.safetensors"
     write_sd_checkpoint(path, tiny_unet(), tiny_vae(), tiny_text_encoder())
-    _write_tokenizer(root / "tokenizer")
+    write_tiny_tokenizer_files(root / "tokenizer")
     return path
 
 
@@ -92,7 +83,7 @@ def test_diffusers_folder(tmp_path: Path) -> None:
     tiny_unet().save_pretrained(tmp_path / "unet")
     tiny_vae().save_pretrained(tmp_path / "vae")
     tiny_text_encoder().save_pretrained(tmp_path / "text_encoder")
-    _write_tokenizer(tmp_path / "tokenizer")
+    write_tiny_tokenizer_files(tmp_path / "tokenizer")
     src = SDTurboSource(tmp_path)
     assert src.kind == "diffusers"
     _same_state(src.load_unet(), tiny_unet())
@@ -107,7 +98,7 @@ def test_comfyui_layout_finds_comfy_tokenizer(tmp_path: Path) -> None:
     ckpt = tmp_path / "ComfyUI" / "models" / "checkpoints" / "sd_turbo.safetensors"
     ckpt.parent.mkdir(parents=True)
     write_sd_checkpoint(ckpt, tiny_unet(), tiny_vae(), tiny_text_encoder())
-    _write_tokenizer(tmp_path / "ComfyUI" / "comfy" / "sd1_tokenizer")
+    write_tiny_tokenizer_files(tmp_path / "ComfyUI" / "comfy" / "sd1_tokenizer")
     assert len(SDTurboSource(ckpt).load_tokenizer()) == len(tiny_tokenizer())
 
 
@@ -156,5 +147,5 @@ def test_blip_from_local_folder(tmp_path: Path) -> None:
     assert len(caps) == 2 and all(caps) and caps[0] != caps[1]
     assert all(len(c.split()) <= 30 for c in caps)
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(SourceError, match="model.safetensors"):
+    with pytest.raises(SourceError, match=r"model\.safetensors"):
         Captioner.from_source(tmp_path)

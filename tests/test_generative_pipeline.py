@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -80,7 +81,7 @@ def test_tile_starts_cover_and_align() -> None:
     for length in (104, 200, 256, 480):
         s = tile_starts(length, 96, 32)
         assert s[0] == 0 and s[-1] == length - 96 and all(x % 8 == 0 for x in s)
-        assert all(b - a <= 96 - 24 for a, b in zip(s, s[1:], strict=False))
+        assert all(b - a <= 96 - 24 for a, b in itertools.pairwise(s))
 
 
 def test_tiled_blend_is_exact_for_local_maps() -> None:

@@ -51,7 +51,7 @@ def test_config_file_stage_defaults_and_overrides(tmp_path):
     as_json = tmp_path / "run.json"
     as_json.write_text(json.dumps({"stage": "stage1", "sd_turbo": "x", "lambda_rate": 0.25}))
     assert load_config(as_json).lambda_rate == 0.25
-    assert parse_override("holdout_names=[\"a\"]") == ("holdout_names", ["a"])
+    assert parse_override('holdout_names=["a"]') == ("holdout_names", ["a"])
     assert parse_override("sd_turbo=/models/sd") == ("sd_turbo", "/models/sd")
     with pytest.raises(ValueError, match="unknown training config keys"):
         load_config(None, {"lamda": 1})

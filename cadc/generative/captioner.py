@@ -15,9 +15,7 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from .errors import SourceError
 
-FIXED_PROMPT = (
-    "A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural lighting"
-)
+FIXED_PROMPT = "A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural lighting"
 """c_fix of the paper."""
 TINY = "tiny-random"
 MAX_NEW_TOKENS = 30
@@ -92,9 +90,7 @@ class Captioner:
         path = check_blip_folder(source)
         try:
             processor = BlipProcessor.from_pretrained(path, local_files_only=True)
-            model = BlipForConditionalGeneration.from_pretrained(
-                path, local_files_only=True, use_safetensors=True
-            )
+            model = BlipForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True)
         except OSError as e:
             raise SourceError(f"cannot load BLIP from {path}: {e}; {BLIP_HINT}") from e
         return cls(model, processor, device, dtype)
@@ -112,7 +108,5 @@ class Captioner:
         pixels = self.processor(
             images=[im.float().clamp(0, 1).cpu() for im in images], do_rescale=False, return_tensors="pt"
         )["pixel_values"].to(self.device, self.dtype)
-        ids = self.model.generate(
-            pixel_values=pixels, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False
-        )
+        ids = self.model.generate(pixel_values=pixels, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False)
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]

@@ -110,8 +110,7 @@ def _load_lora(layers: dict[str, LoraLayer], adapter: AdapterWeights) -> None:
         la, lb = layer.lora_A[_ADAPTER_NAME].weight, layer.lora_B[_ADAPTER_NAME].weight
         if la.shape != a.shape or lb.shape != b.shape:
             raise AdapterError(
-                f"LoRA {name}: shapes {tuple(a.shape)}/{tuple(b.shape)}, "
-                f"expected {tuple(la.shape)}/{tuple(lb.shape)}"
+                f"LoRA {name}: shapes {tuple(a.shape)}/{tuple(b.shape)}, expected {tuple(la.shape)}/{tuple(lb.shape)}"
             )
         la.copy_(a)
         lb.copy_(b)

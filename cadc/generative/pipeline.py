@@ -137,8 +137,7 @@ class GenerativeDecoder:
             adapter = AdapterWeights.from_state_dict(adapter_state, adapter_config)
             if adapter.config.latent_channels != latent_channels:
                 raise AdapterError(
-                    f"adapter conv_in takes {adapter.config.latent_channels} channels, "
-                    f"l_T has {latent_channels}"
+                    f"adapter conv_in takes {adapter.config.latent_channels} channels, l_T has {latent_channels}"
                 )
         cfg = AdapterConfig.from_dict({**(adapter_config or {}), "latent_channels": latent_channels})
         return cls(
@@ -168,9 +167,7 @@ class GenerativeDecoder:
     @property
     def text_encoder(self) -> torch.nn.Module:
         """SD-Turbo text encoder on device/dtype."""
-        return self._get(
-            "text_encoder", lambda: _place(self.sd_turbo.load_text_encoder(), self.device, self.dtype)
-        )  # type: ignore[return-value]
+        return self._get("text_encoder", lambda: _place(self.sd_turbo.load_text_encoder(), self.device, self.dtype))  # type: ignore[return-value]
 
     @property
     def tokenizer(self):
@@ -216,9 +213,7 @@ class GenerativeDecoder:
         """Text-encoder hidden states [B, 77, D] (D = 1024 for SD-Turbo), cached per prompt."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            tok = self.tokenizer(
-                missing, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-            )
+            tok = self.tokenizer(missing, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
             hidden = self.text_encoder(tok.input_ids.to(self.device))[0]
             self._text_cache.update(zip(missing, hidden, strict=True))
         return torch.stack([self._text_cache[p] for p in prompts])
@@ -227,9 +222,7 @@ class GenerativeDecoder:
         return max(h, w) > self.tile_above
 
     @torch.inference_mode()
-    def denoise(
-        self, l_t: torch.Tensor, text: torch.Tensor, progress: Progress | None = None
-    ) -> torch.Tensor:
+    def denoise(self, l_t: torch.Tensor, text: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         """l_0 [B, 4, h, w] float32 (UNet units) from l_T [B, latent_channels, h, w] and text states."""
         den = self.denoiser
         x = l_t.to(self.device, self.dtype)
@@ -254,9 +247,7 @@ class GenerativeDecoder:
             return vae.decode(tile, return_dict=False)[0]
 
         if self._tiling(*z.shape[-2:]):
-            img = tiled(
-                dec, z, self.tile_latent, self.tile_overlap, scale=8, progress=_stage(progress, "vae_decode")
-            )
+            img = tiled(dec, z, self.tile_latent, self.tile_overlap, scale=8, progress=_stage(progress, "vae_decode"))
         else:
             img = dec(z).float()
             _stage(progress, "vae_decode")(1, 1)

@@ -31,9 +31,7 @@ ALPHA_CUMPROD_999 = float(alphas_cumprod()[TIMESTEP])
 """ᾱ_999 ≈ 0.004660 (σ_999 = √((1−ᾱ)/ᾱ) ≈ 14.6146)."""
 
 
-def predict_x0(
-    l_t4: torch.Tensor, eps: torch.Tensor, alphas_cumprod_999: float = ALPHA_CUMPROD_999
-) -> torch.Tensor:
+def predict_x0(l_t4: torch.Tensor, eps: torch.Tensor, alphas_cumprod_999: float = ALPHA_CUMPROD_999) -> torch.Tensor:
     """One-step x0 from an ε prediction.
 
     Args:

@@ -207,9 +207,7 @@ def _read_safetensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
 
 
-def fit_prefix(
-    state: dict[str, torch.Tensor], model_keys: Iterable[str], prefix: str
-) -> dict[str, torch.Tensor]:
+def fit_prefix(state: dict[str, torch.Tensor], model_keys: Iterable[str], prefix: str) -> dict[str, torch.Tensor]:
     """Add or strip ``prefix`` on every name of ``state`` so it matches ``model_keys``' convention."""
     want = any(k.startswith(prefix) for k in model_keys)
     out = {}
@@ -236,9 +234,7 @@ def _parameters_on_meta() -> Iterator[None]:
         torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def _assign(
-    build: Callable[[], M], state: dict[str, torch.Tensor], what: str, optional_prefix: str = ""
-) -> M:
+def _assign(build: Callable[[], M], state: dict[str, torch.Tensor], what: str, optional_prefix: str = "") -> M:
     """Build a module without initialising its parameters, then assign ``state`` strictly.
 
     ``optional_prefix`` is added to or stripped from the names in ``state`` to match the module.

@@ -8,6 +8,10 @@ model with the same weights (seeded), so ``tiny-random`` is reproducible across 
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import (
@@ -192,3 +196,14 @@ def random_sd_turbo(seed: int = SEED) -> tuple[UNet2DConditionModel, Autoencoder
     vae = _seeded(lambda: AutoencoderKL.from_config(vae_cfg), seed + 1)
     text_encoder = _seeded(lambda: CLIPTextModel(te_cfg), seed + 2)
     return unet, vae, text_encoder
+
+
+def write_tiny_tokenizer_files(folder: str | os.PathLike) -> Path:
+    """Write the tiny tokenizer as ``vocab.json`` + ``merges.txt`` (the files SD loaders read)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = vocab_from_merges(_TINY_MERGES)
+    (out / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    merges = "\n".join(" ".join(m) for m in _TINY_MERGES)
+    (out / "merges.txt").write_text(f"#version: 0.2\n{merges}\n", encoding="utf-8")
+    return out

@@ -11,8 +11,8 @@ used), for example::
     batch_size = 8
     steps = 4000
 
-Precedence: dataclass defaults < stage defaults (:data:`STAGE_DEFAULTS`, applied to fields the
-file does not set) < file < command-line overrides. The ablation preset then switches the codec
+Precedence: stage defaults (:data:`STAGE_DEFAULTS`, for the fields left unset: λ, lr, lr_end,
+d4) < file < command-line overrides. The ablation preset then switches the codec
 (see :data:`ABLATIONS`).
 """
 
@@ -60,7 +60,8 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "stage1": {"lambda_rate": 0.5, "lr": 1e-4, "lr_end": 1e-4, "aux_weight": 0.0},
     "stage2": {"lambda_rate": 2.0, "lr": 5e-5, "lr_end": 1e-6, "aux_weight": 1.0},
 }
-"""Per-stage values of the fields that differ between stages (paper / StableCodec)."""
+"""Per-stage values of the fields that differ between stages (paper / StableCodec); they fill the
+fields a config leaves at None."""
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,11 @@ class TrainConfig:
     ablation: str = "full"
     init: str | None = None
     rate_tag: str | None = None
-    lambda_rate: float = 0.02
+    lambda_rate: float | None = None
     mse_weight: float = 2.0
     lpips_weight: float = 1.0
     clip_weight: float = 0.1
-    aux_weight: float = 1.0
+    aux_weight: float | None = None
     adv_weight: float = 0.1
     lt_weight: float = 0.0
     sd_turbo: str | None = None
@@ -121,8 +122,8 @@ class TrainConfig:
     discriminator: str | None = None
     lora_rank: int = 32
     lora_alpha: float = 8.0
-    lr: float = 1e-4
-    lr_end: float = 1e-4
+    lr: float | None = None
+    lr_end: float | None = None
     warmup_steps: int = 0
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
@@ -145,6 +146,9 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for key, value in STAGE_DEFAULTS.get(self.stage, {}).items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
         checks = [
             (self.stage in STAGES, f"stage must be one of {STAGES}"),
             (self.ablation in ABLATIONS, f"ablation must be one of {sorted(ABLATIONS)}"),
@@ -199,11 +203,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
-    stage = data.get("stage", TrainConfig.stage)
-    merged = {**STAGE_DEFAULTS.get(stage, {}), **data}
-    if "holdout_names" in merged:
-        merged["holdout_names"] = tuple(merged["holdout_names"])
-    return TrainConfig(**merged)
+    if "holdout_names" in data:
+        data["holdout_names"] = tuple(data["holdout_names"])
+    return TrainConfig(**data)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,0 +1,50 @@
+"""Stage I → Stage II with the generative branch, every frozen part a tiny-random stand-in."""
+
+from __future__ import annotations
+
+import math
+
+from safetensors import safe_open
+
+from cadc import cli
+from cadc.training.config import TrainConfig
+from cadc.training.trainer import MODEL_FILE, train
+from tests.test_training import FAST, write_photos
+
+STAND_INS = dict(sd_turbo="tiny-random", lpips="tiny-random", clip="tiny-random")
+
+
+def test_stage1_then_stage2_smoke(tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    stage1 = train(TrainConfig(stage="stage1", steps=2, **STAND_INS, **FAST), [photos], tmp_path / "s1")
+    assert {"bpp", "mse", "lpips", "clip"} <= set(stage1["final_train"])
+    assert "aux" not in stage1["final_train"]  # Stage I: d4 = 0
+    config = TrainConfig(
+        stage="stage2",
+        steps=2,
+        init=str(tmp_path / "s1" / MODEL_FILE),
+        blip="tiny-random",
+        discriminator="tiny-random",
+        grad_accum=2,
+        **STAND_INS,
+        **FAST,
+    )
+    stage2 = train(config, [photos], tmp_path / "s2")
+    terms = stage2["final_train"]
+    assert {"bpp", "mse", "lpips", "clip", "aux", "adv", "disc"} <= set(terms)
+    assert all(math.isfinite(v) for v in terms.values())
+    assert set(stage2["held_out"]["mean"]) == {"bpp", "psnr", "psnr_aux"}
+    with safe_open(str(tmp_path / "s2" / MODEL_FILE), framework="pt") as handle:
+        keys = list(handle.keys())
+        assert "cadc.adapter" in (handle.metadata() or {})
+    assert any(k.startswith("adapter.unet.conv_in") for k in keys)
+    assert any(".lora_B." in k for k in keys)
+    argv = [
+        "compress",
+        str(photos / "photo0.png"),
+        "-o",
+        str(tmp_path / "p.cadc"),
+        "--model",
+        str(tmp_path / "s2" / MODEL_FILE),
+    ]
+    assert cli.main(argv) == 0
