@@ -13,6 +13,8 @@ from PIL import Image
 
 from cadc.cli import main
 
+TINY = ("--model", "tiny-random")
+
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
@@ -32,7 +34,7 @@ def photo(tmp_path) -> Path:
 
 def test_compress_info_decompress_round_trip(capsys, tmp_path, photo):
     cadc_path, png_path = tmp_path / "a.cadc", tmp_path / "b.png"
-    code, out, _ = run_cli(capsys, "compress", str(photo), "-o", str(cadc_path), "--model", "tiny-random", "--json")
+    code, out, _ = run_cli(capsys, "compress", str(photo), "-o", str(cadc_path), *TINY, "--json")
     assert code == 0
     report = json.loads(out)
     for key in ("bpp", "bits_actual", "bits_estimated", "header_bytes", "seconds"):
@@ -45,7 +47,7 @@ def test_compress_info_decompress_round_trip(capsys, tmp_path, photo):
     assert code == 0 and (info["width"], info["height"]) == (131, 97)
     assert info["model_id"] == "cadc-tiny"
 
-    code, _, _ = run_cli(capsys, "decompress", str(cadc_path), "-o", str(png_path), "--aux-only", "--model", "tiny-random")
+    code, _, _ = run_cli(capsys, "decompress", str(cadc_path), "-o", str(png_path), "--aux-only", *TINY)
     assert code == 0
     with Image.open(png_path) as image:
         assert image.size == (131, 97) and image.mode == "RGB"
@@ -53,14 +55,14 @@ def test_compress_info_decompress_round_trip(capsys, tmp_path, photo):
 
 def test_same_image_gives_identical_files(capsys, tmp_path, photo):
     for name in ("1.cadc", "2.cadc"):
-        assert run_cli(capsys, "compress", str(photo), "-o", str(tmp_path / name), "--model", "tiny-random")[0] == 0
+        assert run_cli(capsys, "compress", str(photo), "-o", str(tmp_path / name), *TINY)[0] == 0
     assert (tmp_path / "1.cadc").read_bytes() == (tmp_path / "2.cadc").read_bytes()
 
 
 def test_generative_decode_without_sd_turbo_explains_what_to_pass(capsys, tmp_path, photo):
     cadc_path = tmp_path / "a.cadc"
-    run_cli(capsys, "compress", str(photo), "-o", str(cadc_path), "--model", "tiny-random")
-    code, _, err = run_cli(capsys, "decompress", str(cadc_path), "-o", str(tmp_path / "x.png"), "--model", "tiny-random")
+    run_cli(capsys, "compress", str(photo), "-o", str(cadc_path), *TINY)
+    code, _, err = run_cli(capsys, "decompress", str(cadc_path), "-o", str(tmp_path / "x.png"), *TINY)
     assert code == 1
     assert "--sd-turbo" in err and err.count("\n") == 1
     assert not (tmp_path / "x.png").exists()
@@ -73,10 +75,10 @@ def test_generative_decode_without_sd_turbo_explains_what_to_pass(capsys, tmp_pa
 )
 def test_damaged_file_is_one_line_error_and_writes_nothing(capsys, tmp_path, photo, damage):
     cadc_path = tmp_path / "a.cadc"
-    run_cli(capsys, "compress", str(photo), "-o", str(cadc_path), "--model", "tiny-random")
+    run_cli(capsys, "compress", str(photo), "-o", str(cadc_path), *TINY)
     cadc_path.write_bytes(damage(cadc_path.read_bytes()))
     output = tmp_path / "out.png"
-    code, _, err = run_cli(capsys, "decompress", str(cadc_path), "-o", str(output), "--aux-only", "--model", "tiny-random")
+    code, _, err = run_cli(capsys, "decompress", str(cadc_path), "-o", str(output), "--aux-only", *TINY)
     assert code == 1 and err.startswith("cadc: error:") and err.count("\n") == 1
     assert not output.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -89,14 +91,16 @@ def test_wrong_model_names_both(capsys, tmp_path, photo):
     other = tmp_path / "other.safetensors"
     save_codec(other, build_tiny_random(get_preset("tiny").replace(name="tiny-b"), seed=1))
     cadc_path = tmp_path / "a.cadc"
-    run_cli(capsys, "compress", str(photo), "-o", str(cadc_path), "--model", "tiny-random")
-    code, _, err = run_cli(capsys, "decompress", str(cadc_path), "--aux-only", "--model", str(other), "-o", str(tmp_path / "o.png"))
+    run_cli(capsys, "compress", str(photo), "-o", str(cadc_path), *TINY)
+    code, _, err = run_cli(
+        capsys, "decompress", str(cadc_path), "--aux-only", "--model", str(other), "-o", str(tmp_path / "o.png")
+    )
     assert code == 1
     assert "cadc-tiny" in err and "cadc-tiny-b" in err
 
 
 def test_missing_inputs_are_one_line_errors(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "compress", str(tmp_path / "nope.png"), "--model", "tiny-random")
+    code, _, err = run_cli(capsys, "compress", str(tmp_path / "nope.png"), *TINY)
     assert code == 1 and "nope.png" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, "compress", str(tmp_path / "nope.png"), "--model", str(tmp_path / "m.safetensors"))
     assert code == 1 and "checkpoint not found" in err
