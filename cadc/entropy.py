@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+
+from ._compressai import BufferedRansEncoder, EntropyBottleneck, GaussianConditional, RansDecoder
 
 
 def scale_table(scale_min: float, scale_max: float, num_scales: int) -> list[float]:

@@ -32,11 +32,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from compressai.entropy_models import EntropyBottleneck
-from compressai.models.utils import update_registered_buffers
 from torch import nn
 from torch.nn import functional as F
 
+from ._compressai import EntropyBottleneck, update_registered_buffers
 from .config import CodecConfig
 from .entropy import CdfTables, SnappedGaussianConditional, StreamDecoder, StreamEncoder, ste_round
 from .quadtree import NUM_STEPS, QuadtreeContext, step_masks
