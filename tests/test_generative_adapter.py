@@ -125,7 +125,7 @@ def test_adapter_validation_errors() -> None:
     with pytest.raises(AdapterError, match="conv_in"):
         AdapterWeights.from_state_dict({k: v for k, v in good.items() if "conv_in" not in k})
     with pytest.raises(AdapterError, match="rank"):
-        AdapterWeights.from_state_dict(good, {"rank": 8})
+        AdapterWeights.from_state_dict(good, {"rank": 2 * RANK})
     with pytest.raises(AdapterError, match="unexpected"):
         AdapterWeights.from_state_dict({**good, "adapter.unet.foo.weight": torch.zeros(1)})
     wrong = _trained_like()
