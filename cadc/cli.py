@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .codec_io import decode_file, encode_image
+from .codec_io import MAX_DECODE_PIXELS, check_decode_size, decode_file, encode_image
 from .container import CadcFormatError, header_to_json, read_cadc, write_cadc
+from .evaluation.cli import register as register_eval
 from .images import ImageError, load_image, save_image
 from .training.cli import register as register_train
 from .weights import TINY_RANDOM, CheckpointError, default_model_path, load_checkpoint
@@ -52,13 +53,17 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_decompress(args: argparse.Namespace) -> dict[str, Any]:
+    output = Path(args.output) if args.output else Path(Path(args.input).stem + ".png")
+    if output.resolve() == Path(args.input).resolve():
+        raise CliError(f"refusing to overwrite the input file {args.input}")
     cadc_file = read_cadc(args.input)
     header = cadc_file.header
+    max_pixels = getattr(args, "max_pixels", MAX_DECODE_PIXELS)
+    check_decode_size(header, max_pixels)  # before the model is even loaded
     checkpoint = load_checkpoint(args.model, device=args.device)
-    output = Path(args.output) if args.output else Path(Path(args.input).stem + ".png")
     report: dict[str, Any] = {"output": str(output), "width": header.width, "height": header.height}
     if args.aux_only:
-        decoded = decode_file(checkpoint.codec, cadc_file)
+        decoded = decode_file(checkpoint.codec, cadc_file, max_pixels=max_pixels)
         if decoded.x_aux is None:
             raise CliError("this model has no aux decoder (trained with aux=False); drop --aux-only")
         save_image(decoded.x_aux, output, channels=header.channels, bit_depth=header.bit_depth)
@@ -81,7 +86,7 @@ def _decode_generative(args: argparse.Namespace, checkpoint, cadc_file, output: 
     header = cadc_file.header
     codec = checkpoint.codec
     caption = not args.no_caption and codec.g_aux is not None
-    decoded = decode_file(codec, cadc_file, aux=caption)
+    decoded = decode_file(codec, cadc_file, aux=caption, max_pixels=getattr(args, "max_pixels", MAX_DECODE_PIXELS))
     decoder = GenerativeDecoder.from_sources(
         sd_turbo=args.sd_turbo,
         blip=args.blip if caption else None,
@@ -178,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sd-turbo", default=None, help="SD-Turbo: diffusers folder, .safetensors file or tiny-random")
     p.add_argument("--blip", default=None, help="BLIP captioner folder or tiny-random (default: no caption)")
     p.add_argument("--no-caption", action="store_true", help="condition on the fixed prompt only")
+    p.add_argument(
+        "--max-pixels", type=int, default=MAX_DECODE_PIXELS, metavar="N",
+        help=f"refuse files whose image is larger than N pixels (default {MAX_DECODE_PIXELS}; 0 = no limit)",
+    )
     model_options(p)
     p.set_defaults(func=cmd_decompress)
 
@@ -194,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo, json=True)
 
     register_train(sub)
+    register_eval(sub)
     return parser
 
 

@@ -11,10 +11,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .container import CadcFile, CadcHeader, DecoderHints, check_model
+from .container import CadcFile, CadcFormatError, CadcHeader, DecoderHints, check_model
 from .images import LoadedImage, crop_to, pad_to_multiple
 from .model import DOWNSCALE, CADCCodec, CompressedImage, DecodedLatent
 from .weights import weights_hash
+
+MAX_DECODE_PIXELS = 2**25
+"""Default decode limit (33.5 M pixels: 8K UHD fits). The format allows up to 2**28 pixels, but
+decoding needs memory in proportion to the size (about 120 MB per megapixel with the ``tiny``
+codec's x̂_aux), so a few-byte file claiming a huge image is refused before anything is decoded
+unless the caller raises the limit (``max_pixels=None`` / ``cadc decompress --max-pixels 0``)."""
 
 
 @dataclass(frozen=True)
@@ -129,10 +135,36 @@ def encode_image(
     return encode_tensor(codec, image.tensor, image.channels, image.bit_depth, exact, provenance)[0]
 
 
-def decode_file(codec: CADCCodec, cadc_file: CadcFile, aux: bool = True) -> DecodedImage:
-    """Check that ``codec`` is the file's model, then decode ŷ → l_T → x̂_aux (cropped)."""
+def check_decode_size(header: CadcHeader, max_pixels: int | None = MAX_DECODE_PIXELS) -> None:
+    """Raise :class:`CadcFormatError` when the header's image is larger than ``max_pixels``.
+
+    ``None`` or ``0`` means no limit beyond the format's own cap.
+    """
+    pixels = header.height * header.width
+    if max_pixels and pixels > max_pixels:
+        raise CadcFormatError(
+            f"the file claims a {header.width}x{header.height} image ({pixels / 1e6:.1f} M pixels), over the "
+            f"decode limit of {max_pixels / 1e6:.1f} M pixels; raise the limit (cadc decompress --max-pixels N, "
+            "0 = none) if you trust the file and have the memory"
+        )
+
+
+def decode_file(
+    codec: CADCCodec, cadc_file: CadcFile, aux: bool = True, max_pixels: int | None = MAX_DECODE_PIXELS
+) -> DecodedImage:
+    """Check that ``codec`` is the file's model, then decode ŷ → l_T → x̂_aux (cropped).
+
+    Every problem with the file (size over ``max_pixels``, another model, latent shapes that do not
+    fit the model) raises :class:`CadcFormatError` before anything is decoded. A payload that is
+    garbage but consistent with its header decodes to finite l_T and x̂_aux in 0..1.
+    """
     header = cadc_file.header
+    check_decode_size(header, max_pixels)
     check_model(header, codec.config.model_id, weights_hash(codec))
+    try:
+        codec._check_shapes(header.y_shape, header.z_shape)
+    except ValueError as error:
+        raise CadcFormatError(f"bad header: {error}") from error
     timings: dict[str, float] = {}
     start = time.perf_counter()
     latent = codec.decompress(b"".join(cadc_file.streams), header.y_shape, header.z_shape, timings, aux=aux)

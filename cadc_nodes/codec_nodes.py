@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cadc.codec_io import DecodedImage, decode_file, encode_tensor
+from cadc.codec_io import DecodedImage, check_decode_size, decode_file, encode_tensor
 from cadc.container import CadcFile, read_cadc, write_cadc
 from cadc.weights import DEFAULT_MODEL_FILE, TINY_RANDOM, Checkpoint, load_checkpoint
 
@@ -73,6 +73,35 @@ def describe(cadc_file: CadcFile, file_bytes: int | None = None) -> str:
     size = len(cadc_file.to_bytes()) if file_bytes is None else file_bytes
     bpp = payload_bits(cadc_file) / (header.width * header.height)
     return f"{header.width}x{header.height}  {bpp:.4f} bpp  {size} bytes"
+
+
+def _inside(path: str | os.PathLike, folders: list[str]) -> bool:
+    """Whether ``path``, with every symlink and ``..`` resolved, lies inside one of ``folders``."""
+    real = os.path.realpath(path)
+    for folder in folders:
+        root = os.path.realpath(folder)
+        if os.path.commonpath([real, root]) == root:
+            return True
+    return False
+
+
+def _readable_folders() -> list[str]:
+    """ComfyUI's input folder, plus output/temp (reachable with ``[output]`` / ``[temp]`` names)."""
+    paths = host.folder_paths()
+    getters = ("get_input_directory", "get_output_directory", "get_temp_directory")
+    return [getattr(paths, name)() for name in getters if hasattr(paths, name)]
+
+
+def input_file_path(name: str) -> str:
+    """The path of an input ``.cadc`` file; ``ValueError`` if it resolves outside ComfyUI's folders.
+
+    ``../``, absolute names and symlinks that lead out of the input/output/temp folders are refused,
+    so a workflow cannot make the node read (or hash) arbitrary files.
+    """
+    path = host.folder_paths().get_annotated_filepath(name)
+    if not _inside(path, _readable_folders()):
+        raise ValueError(f"CADC: {name!r} is outside ComfyUI's input folder; refusing to read it")
+    return path
 
 
 def _same_size_batch(images: list[torch.Tensor], what: str) -> torch.Tensor:
@@ -181,9 +210,14 @@ class SaveBitstream:
     def save(self, bitstream: list[CadcFile], filename_prefix: str) -> dict:
         paths = host.folder_paths()
         first = bitstream[0].header
+        output_dir = paths.get_output_directory()
         folder, name, counter, subfolder, _ = paths.get_save_image_path(
-            filename_prefix, paths.get_output_directory(), first.width, first.height
+            filename_prefix, output_dir, first.width, first.height
         )
+        if not _inside(folder, [output_dir]) or os.sep in name or (os.altsep and os.altsep in name):
+            raise ValueError(
+                f"CADC: filename_prefix {filename_prefix!r} leads outside the output folder; refusing to write"
+            )
         saved, lines = [], []
         for cadc_file in bitstream:
             filename = f"{name}_{counter:05}_{CADC_SUFFIX}"
@@ -210,7 +244,9 @@ class LoadBitstream:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         input_dir = Path(host.folder_paths().get_input_directory())
-        files = sorted(p.name for p in input_dir.glob(f"*{CADC_SUFFIX}") if p.is_file())
+        files = sorted(
+            p.name for p in input_dir.glob(f"*{CADC_SUFFIX}") if p.is_file() and _inside(p, [str(input_dir)])
+        )
         return {
             "required": {
                 "cadc_file": (files, {"tooltip": "A .cadc file in ComfyUI's input folder."}),
@@ -218,14 +254,15 @@ class LoadBitstream:
         }
 
     def load(self, cadc_file: str) -> dict:
-        path = host.folder_paths().get_annotated_filepath(cadc_file)
+        path = input_file_path(cadc_file)
         loaded = read_cadc(path)
+        check_decode_size(loaded.header)  # a tiny file claiming a huge image stops here
         return {"ui": {"cadc_info": [describe(loaded, os.path.getsize(path))]}, "result": ([loaded],)}
 
     @classmethod
     def IS_CHANGED(cls, cadc_file: str) -> str:
         digest = hashlib.sha256()
-        with open(host.folder_paths().get_annotated_filepath(cadc_file), "rb") as handle:
+        with open(input_file_path(cadc_file), "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
@@ -236,6 +273,10 @@ class LoadBitstream:
             return f"Not a .cadc file: {cadc_file}"
         if not host.folder_paths().exists_annotated_filepath(cadc_file):
             return f"Invalid .cadc file: {cadc_file}"
+        try:
+            input_file_path(cadc_file)
+        except ValueError as error:
+            return str(error)
         return True
 
 

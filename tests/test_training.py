@@ -61,6 +61,11 @@ def test_config_file_stage_defaults_and_overrides(tmp_path):
         load_config(None, {"ablation": "M0"})  # the codec stage trains x̂_aux
 
 
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("configs", "training").glob("*.toml")))
+def test_shipped_training_configs_load(path):
+    assert load_config(path).steps > 0
+
+
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_ablation_presets_switch_the_model(name):
     switches = ABLATIONS[name]

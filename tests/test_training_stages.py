@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from safetensors import safe_open
 
 from cadc import cli
+from cadc.training.backbones import LPIPS, BackboneError, CLIPEmbedding, Discriminator
 from cadc.training.config import TrainConfig
 from cadc.training.trainer import MODEL_FILE, train
 from tests.test_training import FAST, write_photos
@@ -48,3 +50,9 @@ def test_stage1_then_stage2_smoke(tmp_path):
         str(tmp_path / "s2" / MODEL_FILE),
     ]
     assert cli.main(argv) == 0
+
+
+@pytest.mark.parametrize("backbone", [LPIPS, CLIPEmbedding, Discriminator])
+def test_missing_backbone_file_is_a_clear_error(backbone, tmp_path):
+    with pytest.raises(BackboneError, match=r"not found at .*nothing is downloaded"):
+        backbone.from_source(str(tmp_path / "missing"))

@@ -13,6 +13,8 @@ compare runs on the same data.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -29,11 +31,12 @@ def patches(x: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
     x8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     h, w = x8.shape[-2:]
     offsets = [0] + ([patch // 2] if h >= 1.5 * patch and w >= 1.5 * patch else [])
-    tiles = []
-    for offset in offsets:
+    tiles = [torch.zeros(0, 3, patch, patch, dtype=torch.uint8)]
+    for offset in offsets if min(h, w) >= patch else []:
         grid = x8[0, :, offset:, offset:]
         grid = grid[:, : (grid.shape[1] // patch) * patch, : (grid.shape[2] // patch) * patch]
-        tiles.append(grid.unfold(1, patch, patch).unfold(2, patch, patch).permute(1, 2, 0, 3, 4).reshape(-1, 3, patch, patch))
+        grid = grid.unfold(1, patch, patch).unfold(2, patch, patch)  # [3, rows, cols, patch, patch]
+        tiles.append(grid.permute(1, 2, 0, 3, 4).reshape(-1, 3, patch, patch))
     return torch.cat(tiles)
 
 
@@ -87,7 +90,11 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, min_patches: int = DEFAULT_M
         return result
     dim = real.shape[1]
     fid = FrechetInceptionDistance(feature=_Precomputed(dim))
-    kid = KernelInceptionDistance(feature=_Precomputed(dim), subsets=KID_SUBSETS, subset_size=min(KID_SUBSET_SIZE, n))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchmetrics' note that KID keeps all features in memory
+        kid = KernelInceptionDistance(
+            feature=_Precomputed(dim), subsets=KID_SUBSETS, subset_size=min(KID_SUBSET_SIZE, n)
+        )
     for metric in (fid, kid):
         metric.update(real, real=True)
         metric.update(fake, real=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,39 +30,48 @@ def plot_rd(results: dict[str, Any], path: str | os.PathLike[str], title: str) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     data = curves(results)
     metrics = [m for m in PANELS if any(p[m] is not None for points in data.values() for p in points)]
     if not metrics:
         return []
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.4), squeeze=False)
+    columns = 2 if len(metrics) == 4 else min(3, len(metrics))
+    rows = math.ceil(len(metrics) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows + 0.8), squeeze=False)
     rates = [p["rate"] for points in data.values() for p in points if p["rate"]]
     log_x = bool(rates) and max(rates) / min(rates) > 8
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         for curve, points in data.items():
             color, marker = STYLES.get(curve, ("black", "x"))
             shown = [p for p in points if p[metric] is not None and p["rate"] is not None]
             if not shown:
                 continue
-            x = [p["rate"] for p in shown]
-            y = [p[metric] for p in shown]
-            ax.plot(x, y, color=color, linewidth=1.5, label=CURVE_LABELS.get(curve, curve))
-            for p in shown:
-                ax.plot(p["rate"], p[metric], marker=marker, markersize=8, color=color,
-                        markerfacecolor=color if p["reached"] else "white", markeredgewidth=1.5)
+            ax.plot([p["rate"] for p in shown], [p[metric] for p in shown], color=color, marker=marker,
+                    markersize=8, linewidth=1.5, label=CURVE_LABELS.get(curve, curve))
+            missed = [p for p in shown if not p["reached"]]
+            ax.plot([p["rate"] for p in missed], [p[metric] for p in missed], linestyle="none", marker=marker,
+                    markersize=8, color=color, markerfacecolor="white", markeredgewidth=1.5)
         better = "higher is better ↑" if HIGHER_IS_BETTER[metric] else "lower is better ↓"
         ax.set_title(f"{PANELS[metric]}  ({better})", fontsize=11)
         ax.set_xlabel("bits per pixel (whole file)")
         ax.set_ylabel(PANELS[metric])
         if log_x:
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(plain)
         ax.grid(True, which="both", alpha=0.3)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize=10)
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.03), ncol=len(labels), frameon=False,
+               fontsize=10)
+    fig.text(0.5, 0.005, "hollow marker: the baseline could not go down to CADC's bpp (its lowest quality is shown)",
+             ha="center", va="bottom", fontsize=9, color="dimgray")
     fig.suptitle(title, fontsize=12)
-    fig.text(0.99, 0.01, "hollow marker: baseline could not reach the CADC bpp (lowest quality shown)",
-             ha="right", va="bottom", fontsize=8, color="dimgray")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.8 / (4.2 * rows + 0.8) + 0.02, 1, 0.96))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -158,7 +158,8 @@ class CLIPEmbedding(nn.Module):
                 torch.manual_seed(TINY_SEED + 1)
                 return cls(CLIPVisionModelWithProjection(config))
         path = _require(source, "CLIP vision model", "pass clip=<local CLIPVisionModelWithProjection folder>")
-        return cls(CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True))
+        model = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+        return cls(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = _normalize(x, CLIP_MEAN, CLIP_STD, self.size)
@@ -204,7 +205,7 @@ class Discriminator(nn.Module):
                 torch.manual_seed(TINY_SEED + 2)
                 return cls(Dinov2WithRegistersModel(config), size=32)
         path = _require(source, "discriminator backbone", "pass discriminator=<local DINOv2 folder>")
-        return cls(AutoModel.from_pretrained(str(path), local_files_only=True), size=size)
+        return cls(AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True), size=size)
 
     def train(self, mode: bool = True) -> Discriminator:
         super().train(mode)

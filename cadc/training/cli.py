@@ -37,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     overrides = dict(parse_override(item) for item in args.set)
     overrides.update({field: getattr(args, dest) for dest, field in OPTION_FIELDS.items()})
     config = load_config(args.config, overrides)
-    command = shlex.join(["cadc", *sys.argv[1:]]) if sys.argv[0].endswith("cadc") else shlex.join(sys.argv)
+    command = shlex.join(["cadc", *sys.argv[1:]])  # same for `cadc ...`, `python -m cadc.cli ...`, torchrun
     summary = train(config, args.data, args.out, resume=args.resume, command=command)
     held_out = summary["held_out"]
     return {

@@ -1,0 +1,230 @@
+"""One benchmark phase in a fresh process: ``encode`` or ``decode`` of one preset at one size.
+
+Run by :mod:`benchmarks.run` as ``python -m benchmarks.child SPEC.json OUT.json``; each phase gets
+its own process so that its peak RSS (``resource.getrusage`` in this process) and its model
+loading are its own, as with ``cadc compress`` and ``cadc decompress``.
+
+``encode``: load the codec, encode the test image twice with ``exact=True`` (the first call also
+builds the cached float64 copies of g_a, h_a and f_u; the second is reported), once with
+``exact=False`` (fast path), and write the ``.cadc`` file for the decode phase.
+
+``decode``: load the codec and every generative model up front (timed per model), then decode the
+file ``decode_repeats`` times with one :class:`cadc.generative.GenerativeDecoder`; the first
+decode is reported, the second checks that nothing is loaded again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ASTRONAUT = Path(__file__).resolve().parents[1] / "cadc" / "assets" / "astronaut.png"
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux: ru_maxrss is in KiB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def current_rss_mib() -> float:
+    """Resident set size now (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return peak_rss_mib()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock stage times are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def test_image(width: int, height: int) -> torch.Tensor:
+    """The bundled photo resized (bicubic, antialiased) to ``width`` × ``height``: [1, 3, H, W] in 0..1."""
+    from cadc.images import load_image
+
+    x = load_image(ASTRONAUT).tensor
+    x = torch.nn.functional.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return x.clamp(0.0, 1.0)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """(fn(), wall seconds), synchronising the GPU on both ends."""
+    sync(device)
+    start = time.perf_counter()
+    value = fn()
+    sync(device)
+    return value, time.perf_counter() - start
+
+
+def apply_fast_paths(module: torch.nn.Module, spec: dict[str, Any]) -> torch.nn.Module:
+    """channels_last / torch.compile on a module when the spec asks for them."""
+    if spec.get("channels_last"):
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+def run_encode(spec: dict[str, Any]) -> dict[str, Any]:
+    """Encode phase (see the module docstring)."""
+    from cadc.codec_io import encode_tensor
+    from cadc.container import write_cadc
+    from cadc.weights import load_codec
+
+    device = torch.device(spec["device"])
+    codec, load_s = timed(lambda: load_codec(spec["codec"], device=device), device)
+    x = test_image(spec["width"], spec["height"]).to(device)
+    encoded, first_s = timed(lambda: encode_tensor(codec, x, exact=True)[0], device)
+    encoded, _ = timed(lambda: encode_tensor(codec, x, exact=True)[0], device)
+    timed(lambda: encode_tensor(codec, x, exact=False)[0], device)  # warm-up
+    fast, _ = timed(lambda: encode_tensor(codec, x, exact=False)[0], device)
+    write_cadc(spec["cadc_path"], encoded.file)
+    report = encoded.report()
+    return {
+        "load_s": {"codec": load_s},
+        "encode_s": encoded.seconds["total"],
+        "encode_first_s": first_s,
+        "encode_stages": {k: v for k, v in encoded.seconds.items() if k != "total"},
+        "encode_fast_s": fast.seconds["total"],
+        "encode_fast_stages": {k: v for k, v in fast.seconds.items() if k != "total"},
+        "fast_bytes_identical": fast.file.streams == encoded.file.streams,
+        "bits_actual": report["bits_actual"],
+        "bits_estimated": report["bits_estimated"],
+        "bits_estimated_y": encoded.compressed.bits_estimated_y,
+        "bits_estimated_z": encoded.compressed.bits_estimated_z,
+        "header_bytes": report["header_bytes"],
+        "file_bytes": report["file_bytes"],
+        "bpp": report["bpp"],
+        "peak_rss_mib": peak_rss_mib(),
+        **cuda_peak(device),
+    }
+
+
+def cuda_peak(device: torch.device) -> dict[str, float]:
+    """``peak_cuda_mib`` on CUDA, nothing elsewhere."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
+class LoadCounter:
+    """Counts calls of the generative decoder's model loaders (to prove nothing loads twice)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+
+def run_decode(spec: dict[str, Any]) -> dict[str, Any]:
+    """Decode phase (see the module docstring)."""
+    from cadc.codec_io import decode_file
+    from cadc.container import read_cadc
+    from cadc.generative import GenerativeDecoder
+    from cadc.generative import captioner as captioner_module
+    from cadc.weights import load_codec
+
+    device = torch.device(spec["device"])
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[spec["dtype"]]
+    load_s: dict[str, float] = {}
+    codec, load_s["codec"] = timed(lambda: load_codec(spec["codec"], device=device), device)
+    cadc_file = read_cadc(spec["cadc_path"])
+    caption = bool(spec["caption"]) and codec.g_aux is not None
+    decoder = GenerativeDecoder.from_sources(
+        spec["sd_turbo"],
+        blip=spec["blip"] if caption else None,
+        latent_channels=codec.config.latent_channels,
+        caption=caption,
+        device=device,
+        dtype=dtype,
+        tile_latent=spec["tile_latent"],
+        tile_overlap=spec["tile_overlap"],
+        tile_above=spec["tile_above"],
+    )
+    counter = LoadCounter()
+    source = decoder.sd_turbo
+    for name in ("load_unet", "load_vae", "load_text_encoder", "load_tokenizer"):
+        setattr(source, name, counter.wrap(name, getattr(source, name)))
+    captioner_cls = captioner_module.Captioner
+    original_from_source = captioner_cls.from_source
+    captioner_cls.from_source = counter.wrap("load_blip", original_from_source)  # type: ignore[method-assign]
+    try:
+        models = {"tokenizer": "tokenizer", "text_encoder": "text_encoder", "unet": "denoiser", "vae": "vae"}
+        if caption:
+            models["blip"] = "captioner"
+        for key, attribute in models.items():
+            _, load_s[key] = timed(lambda attribute=attribute: getattr(decoder, attribute), device)
+        for module in (decoder.denoiser.unet, decoder.vae):
+            apply_fast_paths(module, spec)
+        rss_loaded = current_rss_mib()
+        loads_before = dict(counter.calls)
+        decodes = []
+        for _ in range(max(1, spec["decode_repeats"])):
+            decodes.append(decode_once(codec, cadc_file, decoder, caption, device, decode_file))
+        loads_after = dict(counter.calls)
+    finally:
+        captioner_cls.from_source = original_from_source  # type: ignore[method-assign]
+    first = decodes[0]
+    return {
+        "load_s": load_s,
+        "rss_after_load_mib": rss_loaded,
+        "decode_s": first["decode_s"],
+        "decode_stages": first["stages"],
+        "decode_repeat_s": [d["decode_s"] for d in decodes[1:]],
+        "decode_repeat_stages": [d["stages"] for d in decodes[1:]],
+        "caption": first["caption"],
+        "tiled": first["tiled"],
+        "loader_calls_before_decoding": loads_before,
+        "loader_calls_after_decoding": loads_after,
+        "loaded_twice": loads_after != loads_before or any(v > 1 for v in loads_after.values()),
+        "peak_rss_mib": peak_rss_mib(),
+        **cuda_peak(device),
+    }
+
+
+def decode_once(codec, cadc_file, decoder, caption: bool, device: torch.device, decode_file) -> dict[str, Any]:
+    """One full decode: .cadc → ŷ → l_T (+ x̂_aux) → caption → text → UNet → VAE → image."""
+    sync(device)
+    start = time.perf_counter()
+    decoded = decode_file(codec, cadc_file, aux=caption)
+    sync(device)
+    header = cadc_file.header
+    result = decoder.decode(decoded.latent.l_T, decoded.latent.x_aux, out_hw=(header.height, header.width))
+    sync(device)
+    total = time.perf_counter() - start
+    stages = {k: v for k, v in decoded.seconds.items() if k != "total"}
+    stages.update(result.seconds)
+    return {"decode_s": total, "stages": stages, "caption": result.captions[0], "tiled": result.tiled}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.child SPEC.json OUT.json``."""
+    spec_path, out_path = argv or sys.argv[1:3]
+    spec = json.loads(Path(spec_path).read_text())
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    if spec["device"] == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = run_encode(spec) if spec["phase"] == "encode" else run_decode(spec)
+    result["threads"] = torch.get_num_threads()
+    Path(out_path).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
