@@ -86,6 +86,8 @@ def build_run(
         "peak_rss_encode_mib": encode.get("peak_rss_mib"),
         "peak_rss_decode_mib": decode.get("peak_rss_mib"),
         "rss_after_load_mib": decode.get("rss_after_load_mib"),
+        "peak_rss_after_load_mib": decode.get("peak_rss_after_load_mib"),
+        "rss_after_each_load_mib": decode.get("rss_after_each_load_mib"),
         "bits_actual": encode.get("bits_actual"),
         "bits_estimated": encode.get("bits_estimated"),
         "bits_estimated_y": encode.get("bits_estimated_y"),

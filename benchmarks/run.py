@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             for preset in args.presets:
                 caption = CAPTION[preset]
-                repeats = args.decode_repeats or (2 if width * height <= 768 * 512 else 1)
+                repeats = args.decode_repeats or (
+                    (2 if preset == args.presets[0] else 1) if args.quick else (2 if width * height <= 768 * 512 else 1)
+                )
                 common = {
                     "preset": preset, "width": width, "height": height, "device": device, "dtype": dtype,
                     "threads": args.threads, "codec": paths[f"codec_{preset}"],

@@ -178,6 +178,7 @@ def build_inception(weights_dir: str | Path) -> nn.Module:
         except NetworkBlocked:
             raise
         except RuntimeError as error:
-            raise BackboneError(f"{weight_file(weights_dir, 'fid')} is not torch-fidelity's InceptionV3: "
-                                f"{str(error).splitlines()[0]}") from error
+            raise BackboneError(
+                f"{weight_file(weights_dir, 'fid')} is not torch-fidelity's InceptionV3: {str(error).splitlines()[0]}"
+            ) from error
     return net

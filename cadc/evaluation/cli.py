@@ -60,9 +60,11 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     sys.stderr.write(results["summary"] + "\n")
     for note in results["notes"]:
         sys.stderr.write(f"note: {note}\n")
-    return {**results["files"], "images": results["config"]["images"],
-            "runs": [{"name": r["name"], **r["mean"], **{k: r["set"][k] for k in ("fid", "kid")}}
-                     for r in results["runs"]]}
+    return {
+        **results["files"],
+        "images": results["config"]["images"],
+        "runs": [{"name": r["name"], **r["mean"], **{k: r["set"][k] for k in ("fid", "kid")}} for r in results["runs"]],
+    }
 
 
 def _bd_rate(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,8 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", help="folder of images (searched recursively) or one image file")
-    p.add_argument("--model", action="append", default=[],
-                   help="CADC checkpoint or tiny-random; repeat for several λ points")
+    p.add_argument(
+        "--model", action="append", default=[], help="CADC checkpoint or tiny-random; repeat for several λ points"
+    )
     p.add_argument("--mode", default="aux", help="aux, generative or aux,generative (default: aux)")
     p.add_argument("--baselines", default="", help="comma list of jpeg, webp, avif (default: none)")
     p.add_argument("--out", default=None, help="output folder (default: ./results; with --bd-rate: print only)")
@@ -97,15 +100,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blip", default=None, help="BLIP folder or tiny-random (default: fixed prompt only)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--fid-min-patches", type=int, default=64,
-                   help="fewest 256x256 patches for FID/KID (default: 64)")
+    p.add_argument("--fid-min-patches", type=int, default=64, help="fewest 256x256 patches for FID/KID (default: 64)")
     p.add_argument("--save-images", action="store_true", help="also write reconstructions to OUT/images/")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--bd-rate", nargs=2, metavar=("ANCHOR.json", "TEST.json"),
-                   help="BD-rate of TEST against ANCHOR (two results.json files; may be the same file)")
+    p.add_argument(
+        "--bd-rate",
+        nargs=2,
+        metavar=("ANCHOR.json", "TEST.json"),
+        help="BD-rate of TEST against ANCHOR (two results.json files; may be the same file)",
+    )
     p.add_argument("--anchor-curve", default=None, help="curve of ANCHOR (default: its first CADC curve)")
     p.add_argument("--test-curve", default=None, help="curve of TEST (default: its first CADC curve)")
-    p.add_argument("--rate", choices=("bpp_file", "bpp_payload"), default="bpp_file",
-                   help="rate for BD-rate: whole files (default) or CADC payload only")
+    p.add_argument(
+        "--rate",
+        choices=("bpp_file", "bpp_payload"),
+        default="bpp_file",
+        help="rate for BD-rate: whole files (default) or CADC payload only",
+    )
     p.set_defaults(func=cmd_eval, json=True)

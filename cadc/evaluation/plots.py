@@ -48,11 +48,26 @@ def plot_rd(results: dict[str, Any], path: str | os.PathLike[str], title: str) -
             shown = [p for p in points if p[metric] is not None and p["rate"] is not None]
             if not shown:
                 continue
-            ax.plot([p["rate"] for p in shown], [p[metric] for p in shown], color=color, marker=marker,
-                    markersize=8, linewidth=1.5, label=CURVE_LABELS.get(curve, curve))
+            ax.plot(
+                [p["rate"] for p in shown],
+                [p[metric] for p in shown],
+                color=color,
+                marker=marker,
+                markersize=8,
+                linewidth=1.5,
+                label=CURVE_LABELS.get(curve, curve),
+            )
             missed = [p for p in shown if not p["reached"]]
-            ax.plot([p["rate"] for p in missed], [p[metric] for p in missed], linestyle="none", marker=marker,
-                    markersize=8, color=color, markerfacecolor="white", markeredgewidth=1.5)
+            ax.plot(
+                [p["rate"] for p in missed],
+                [p[metric] for p in missed],
+                linestyle="none",
+                marker=marker,
+                markersize=8,
+                color=color,
+                markerfacecolor="white",
+                markeredgewidth=1.5,
+            )
         better = "higher is better ↑" if HIGHER_IS_BETTER[metric] else "lower is better ↓"
         ax.set_title(f"{PANELS[metric]}  ({better})", fontsize=11)
         ax.set_xlabel("bits per pixel (whole file)")
@@ -63,13 +78,17 @@ def plot_rd(results: dict[str, Any], path: str | os.PathLike[str], title: str) -
             ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
             ax.xaxis.set_minor_formatter(plain)
         ax.grid(True, which="both", alpha=0.3)
-    for ax in axes.flat[len(metrics):]:
+    for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.03), ncol=len(labels), frameon=False,
-               fontsize=10)
-    fig.text(0.5, 0.005, "hollow marker: the baseline could not go down to CADC's bpp (its lowest quality is shown)",
-             ha="center", va="bottom", fontsize=9, color="dimgray")
+    fig.legend(
+        handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.03), ncol=len(labels), frameon=False, fontsize=10
+    )
+    missing = [PANELS[m] for m in PANELS if m not in metrics]
+    footnote = "hollow marker: the baseline could not go down to CADC's bpp (its lowest quality is shown)"
+    if missing:
+        footnote += f"; no values for {', '.join(missing)} (see notes in results.json)"
+    fig.text(0.5, 0.005, footnote, ha="center", va="bottom", fontsize=9, color="dimgray")
     fig.suptitle(title, fontsize=12)
     fig.tight_layout(rect=(0, 0.8 / (4.2 * rows + 0.8) + 0.02, 1, 0.96))
     Path(path).parent.mkdir(parents=True, exist_ok=True)

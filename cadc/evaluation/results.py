@@ -38,8 +38,19 @@ CURVE_LABELS = {
     "avif": "AVIF",
 }
 CSV_COLUMNS = (
-    "run", "curve", "codec", "mode", "point", "image", "width", "height", *AVERAGED,
-    "quality", "target_bpp", "reached", "seconds_total",
+    "run",
+    "curve",
+    "codec",
+    "mode",
+    "point",
+    "image",
+    "width",
+    "height",
+    *AVERAGED,
+    "quality",
+    "target_bpp",
+    "reached",
+    "seconds_total",
 )
 
 
@@ -68,8 +79,11 @@ def curves(results: dict[str, Any], rate: str = "bpp_file") -> dict[str, list[di
     grouped: dict[str, list[dict[str, Any]]] = {}
     for run in results["runs"]:
         point = {
-            **run["mean"], **{k: run["set"].get(k) for k in ("fid", "kid")},
-            "rate": run["mean"][rate], "point": run["point"], "reached": run["mean"].get("reached_fraction", 1.0) == 1.0,
+            **run["mean"],
+            **{k: run["set"].get(k) for k in ("fid", "kid")},
+            "rate": run["mean"][rate],
+            "point": run["point"],
+            "reached": run["mean"].get("reached_fraction", 1.0) == 1.0,
         }
         grouped.setdefault(run["curve"], []).append(point)
     return {k: sorted(v, key=lambda p: p["rate"] if p["rate"] is not None else math.inf) for k, v in grouped.items()}
@@ -103,8 +117,9 @@ def write_csv(path: str | os.PathLike[str], results: dict[str, Any]) -> None:
                 common = {k: run[k] for k in ("curve", "codec", "mode", "point")} | {"run": run["name"]}
                 for record in run["images"]:
                     writer.writerow(_finite({**common, **record, "seconds_total": sum(record["seconds"].values())}))
-                writer.writerow(_finite({**common, **run["mean"], "image": "MEAN",
-                                         "seconds_total": sum(run["seconds"].values())}))
+                writer.writerow(
+                    _finite({**common, **run["mean"], "image": "MEAN", "seconds_total": sum(run["seconds"].values())})
+                )
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -151,8 +166,10 @@ def bd_rates(
             if any(p[metric] is None or p["rate"] is None for p in (*anchor_points, *test_points)):
                 raise BDRateError(f"{metric} or {rate} missing in some points")
             values[metric] = bd_rate(
-                [p["rate"] for p in anchor_points], [p[metric] for p in anchor_points],
-                [p["rate"] for p in test_points], [p[metric] for p in test_points],
+                [p["rate"] for p in anchor_points],
+                [p[metric] for p in anchor_points],
+                [p["rate"] for p in test_points],
+                [p[metric] for p in test_points],
             )
         except BDRateError as error:
             values[metric] = f"not computed: {error}"

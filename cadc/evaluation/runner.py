@@ -64,7 +64,8 @@ def list_images(data: str | Path, limit: int | None = None) -> list[Path]:
     if not root.is_dir():
         raise EvalError(f"--data {root}: no such folder or file")
     files = sorted(
-        p for p in root.rglob("*")
+        p
+        for p in root.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.parts)
     )
     if not files:
@@ -83,8 +84,17 @@ def _slug(name: str) -> str:
 class _Run:
     """One curve point under construction: per-image records and the tiles' features for FID/KID."""
 
-    def __init__(self, name: str, curve: str, codec: str, mode: str, model: str, point: str,
-                 patch_extractor: torch.nn.Module | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        name: str,
+        curve: str,
+        codec: str,
+        mode: str,
+        model: str,
+        point: str,
+        patch_extractor: torch.nn.Module | None,
+        device: torch.device,
+    ) -> None:
         self.info = {"name": name, "curve": curve, "codec": codec, "mode": mode, "model": model, "point": point}
         self.records: list[dict[str, Any]] = []
         self.features = PatchFeatures(patch_extractor, device) if patch_extractor is not None else None
@@ -94,8 +104,13 @@ class _Run:
             fid = {"fid": None, "kid": None, "kid_std": None, "patches": 0, "note": "FID/KID skipped (see notes)"}
         else:
             fid = fid_kid(reference.stacked(), self.features.stacked(), min_patches)
-        return {**self.info, "images": self.records, "mean": mean_of(self.records), "set": fid,
-                "seconds": stage_totals(self.records)}
+        return {
+            **self.info,
+            "images": self.records,
+            "mean": mean_of(self.records),
+            "set": fid,
+            "seconds": stage_totals(self.records),
+        }
 
 
 class Evaluator:
@@ -135,19 +150,30 @@ class Evaluator:
             except BackboneError as error:
                 self.notes.append(str(error))
         if self.config.weights_dir == TINY:
-            self.notes.append("metric backbones are TINY RANDOM networks: LPIPS/DISTS/FID/KID values are for tests only")
+            self.notes.append("metric backbones are TINY RANDOM networks: LPIPS/DISTS/FID/KID are for tests only")
         self.reference = PatchFeatures(self.patch_extractor, self.device) if self.patch_extractor is not None else None
         self.setup_seconds["metric_networks"] = time.perf_counter() - t
 
-    def _score(self, run: _Run, x_hat: torch.Tensor, x: torch.Tensor, record: dict[str, Any], name: str) -> None:
+    def _score(
+        self,
+        run: _Run,
+        x_hat: torch.Tensor,
+        x: torch.Tensor,
+        record: dict[str, Any],
+        name: str,
+        scores: dict[str, float | None] | None = None,
+    ) -> dict[str, float | None]:
+        """Score ``x_hat`` (or take ``scores`` already computed for the same pixels) and file the record."""
         t = time.perf_counter()
-        record.update(self.metrics(x_hat, x))
+        scores = scores if scores is not None else self.metrics(x_hat, x)
+        record.update(scores)
         if run.features is not None:
             run.features.add(x_hat)
         record["seconds"]["metrics"] = time.perf_counter() - t
         run.records.append(record)
         if self.config.save_images:
             save_image(x_hat.clamp(0, 1), self.out / "images" / _slug(run.info["name"]) / f"{name}.png")
+        return scores
 
     # -- one model point -----------------------------------------------------------------------------
     def _evaluate_model(self, model: str, images: list[Path], first: bool) -> list[dict[str, Any]]:
@@ -203,7 +229,10 @@ class Evaluator:
         decode_seconds = time.perf_counter() - t
         bpp_file = 8 * len(data) / (height * width)
         base = {
-            "image": path.name, "width": width, "height": height, "bpp_file": bpp_file,
+            "image": path.name,
+            "width": width,
+            "height": height,
+            "bpp_file": bpp_file,
             "bpp_payload": encoded.bits_actual / (height * width),
         }
         if "aux" in runs:
@@ -211,8 +240,11 @@ class Evaluator:
             self._score(runs["aux"], decoded.x_aux, x, record, path.stem)
         if decoder is not None:
             result = decoder.decode(decoded.latent.l_T, decoded.latent.x_aux, out_hw=(height, width))
-            record = {**base, "caption": result.captions[0] if result.captions else None,
-                      "seconds": {"encode": encode_seconds, "decode_codec": decode_seconds, **result.seconds}}
+            record = {
+                **base,
+                "caption": result.captions[0] if result.captions else None,
+                "seconds": {"encode": encode_seconds, "decode_codec": decode_seconds, **result.seconds},
+            }
             self._score(runs["generative"], result.image, x, record, path.stem)
         return bpp_file
 
@@ -226,11 +258,18 @@ class Evaluator:
         t = time.perf_counter()
         x_hat = codec.decode(match.data)
         record = {
-            "image": path.name, "width": width, "height": height, "bpp_file": match.bpp, "bpp_payload": None,
-            "quality": match.quality, "target_bpp": target_bpp, "reached": match.reached,
+            "image": path.name,
+            "width": width,
+            "height": height,
+            "bpp_file": match.bpp,
+            "bpp_payload": None,
+            "quality": match.quality,
+            "target_bpp": target_bpp,
+            "reached": match.reached,
             "seconds": {"search": search_seconds, "decode": time.perf_counter() - t},
         }
-        self._score(run, x_hat, x, record, path.stem)
+        key = (name, str(path), match.quality)  # λ points below the lowest quality share one file
+        self._baseline_scores[key] = self._score(run, x_hat, x, record, path.stem, self._baseline_scores.get(key))
 
     # -- everything ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -239,6 +278,7 @@ class Evaluator:
         self.out.mkdir(parents=True, exist_ok=True)
         self._setup_metrics()
         self._baseline_cache: dict[tuple[str, str], dict[int, bytes]] = {}
+        self._baseline_scores: dict[tuple[str, str, int], dict[str, float | None]] = {}
         if TINY_RANDOM in self.config.models:
             self.notes.append("model tiny-random is an untrained codec: its numbers only test the pipeline")
         runs: list[dict[str, Any]] = []
@@ -254,8 +294,12 @@ class Evaluator:
         results: dict[str, Any] = {
             "format": FORMAT,
             "config": {**config, "images": len(images), "baselines_run": self.baselines},
-            "environment": {"cadc": __version__, "torch": torch.__version__, "pillow": PIL.__version__,
-                            "python": platform.python_version()},
+            "environment": {
+                "cadc": __version__,
+                "torch": torch.__version__,
+                "pillow": PIL.__version__,
+                "python": platform.python_version(),
+            },
             "notes": self.notes,
             "runs": runs,
             "seconds": {**self.setup_seconds, "total": time.perf_counter() - started},
