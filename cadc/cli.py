@@ -12,6 +12,7 @@ import logging
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -211,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="cadc: %(message)s")
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
-        report = args.func(args)
+        report = args.func(args)  # warnings print as "cadc: warning: image x.gif is animated; ..."
     except KeyboardInterrupt:
         sys.stderr.write("cadc: interrupted; nothing was written\n")
         return 130
@@ -220,11 +222,20 @@ def main(argv: list[str] | None = None) -> int:
             PermissionError, ValueError) as error:
         sys.stderr.write(f"cadc: error: {_one_line(error)}\n")
         return 1
+    finally:
+        warnings.formatwarning = formatwarning
     if args.json:
         _print_json(report)
     else:
         sys.stderr.write(_summary(args.command, report) + "\n")
     return 0
+
+
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """Warnings as one line, like errors (no source file and code line)."""
+    return f"cadc: warning: {' '.join(str(message).split())}\n"
 
 
 def _one_line(error: BaseException) -> str:

@@ -73,6 +73,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import FIXED_PROMPT
+
 MAGIC = b"CADC"
 VERSION = (1, 0)
 Y_STRIDE = 64  # image pixels per ŷ element along each axis
@@ -87,9 +89,7 @@ MAX_TIMESTEP = 9999
 MAX_PROVENANCE_BYTES = 16 * 1024
 _VARINT_LIMIT = 2**28  # 4 LEB128 bytes
 
-PAPER_FIXED_PROMPT = (
-    "A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural lighting"
-)
+PAPER_FIXED_PROMPT = FIXED_PROMPT
 KNOWN_PROMPTS = {1: PAPER_FIXED_PROMPT}
 KNOWN_CAPTIONERS = {
     1: "Salesforce/blip-image-captioning-large",

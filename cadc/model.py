@@ -91,13 +91,26 @@ class DecodedLatent:
 
 @contextmanager
 def stage_timer(timings: dict[str, float] | None, name: str) -> Iterator[None]:
-    """Add the wall seconds of the block to ``timings[name]`` (no-op when ``timings`` is None)."""
+    """Add the wall seconds of the block to ``timings[name]`` (no-op when ``timings`` is None).
+
+    When CUDA is in use, queued GPU work is waited for on both ends (only while timing), so each
+    stage is charged its own kernels rather than the previous stage's.
+    """
+    if timings is None:
+        yield
+        return
+    _synchronize_cuda()
     start = time.perf_counter()
     try:
         yield
     finally:
-        if timings is not None:
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        _synchronize_cuda()
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _synchronize_cuda() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def tensor_key(t: torch.Tensor) -> tuple:

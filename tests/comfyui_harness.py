@@ -16,12 +16,23 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACK_NAME = "comfyui-cadc"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+CHROMIUM = Path(os.environ.get("CADC_CHROMIUM", "/usr/bin/chromium"))
+"""The browser the frontend tests drive (Debian's chromium; playwright's own browsers are not used)."""
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
 
 
 def find_comfyui() -> tuple[Path | None, str]:
@@ -32,6 +43,17 @@ def find_comfyui() -> tuple[Path | None, str]:
         source = "COMFYUI_PATH" if configured else "the default location"
         return None, f"no ComfyUI checkout at {candidate} ({source}); set COMFYUI_PATH to a checkout"
     return candidate, ""
+
+
+def browser_skip_reason() -> str:
+    """Why the frontend tests cannot run here ("" when chromium and playwright are both present)."""
+    if not CHROMIUM.exists():
+        return f"no chromium at {CHROMIUM} (apt-get install chromium, or set CADC_CHROMIUM)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed (pip install playwright)"
+    return ""
 
 
 def free_port() -> int:
@@ -180,3 +202,28 @@ def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str
                 inputs[socket_["name"]] = [str(origin), origin_slot]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
+
+
+@contextmanager
+def frontend_page(server: ComfyServer, viewport: tuple[int, int] = (1600, 1000)) -> Iterator[Page]:
+    """A headless chromium page on the server's frontend, with the graph and the pack's nodes ready.
+
+    The tutorial/template picker of a first start is switched off. Page errors are collected in
+    ``page.cadc_errors``.
+    """
+    from playwright.sync_api import sync_playwright
+
+    server.post_json("/settings/Comfy.TutorialCompleted", True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            errors: list[str] = []
+            page.cadc_errors = errors  # type: ignore[attr-defined]
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(server.url, wait_until="domcontentloaded", timeout=60_000)
+            page.wait_for_function("!!window.comfyAPI?.app?.app?.graph", timeout=60_000)
+            page.wait_for_function("!!LiteGraph.registered_node_types['CADCLoadBitstream']", timeout=30_000)
+            yield page
+        finally:
+            browser.close()

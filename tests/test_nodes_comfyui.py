@@ -21,7 +21,15 @@ from PIL import Image
 import cadc_nodes
 from cadc.container import read_cadc
 from tests.comfy_checkpoint import comfy_sd2_checkpoint
-from tests.comfyui_harness import PACK_NAME, REPO_ROOT, ComfyServer, find_comfyui, ui_to_api
+from tests.comfyui_harness import (
+    PACK_NAME,
+    REPO_ROOT,
+    ComfyServer,
+    browser_skip_reason,
+    find_comfyui,
+    frontend_page,
+    ui_to_api,
+)
 from tests.conftest import make_photo
 from tests.test_nodes_workflows import STOCK_NODES, WORKFLOWS
 
@@ -31,7 +39,8 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(COMFY_DIR is None, reason=
 IMAGE_SIZE = (150, 100)  # width, height: not multiples of 64, so padding and cropping are exercised
 CHECKPOINT_NAME = "sd_turbo.safetensors"
 BLIP_NAME = "blip-image-captioning-base"
-CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_SKIP_REASON = browser_skip_reason()
+needs_browser = pytest.mark.skipif(bool(BROWSER_SKIP_REASON), reason=BROWSER_SKIP_REASON or "browser present")
 SCREENSHOTS = Path(os.environ.get("CADC_SCREENSHOTS", REPO_ROOT / "out" / "screenshots"))
 """Where the browser test leaves its screenshots (``out/`` is git-ignored)."""
 
@@ -157,48 +166,147 @@ def read_cadc_bytes(server: ComfyServer) -> bytes:
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)"
-)
+@needs_browser
 def test_frontend_loads_every_workflow_without_missing_nodes(server):
-    from playwright.sync_api import sync_playwright
-
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    server.post_json("/settings/Comfy.TutorialCompleted", True)  # no template picker on first start
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )  # fmt: skip
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(server.url, wait_until="domcontentloaded", timeout=60_000)
-            page.wait_for_function("!!window.comfyAPI?.app?.app?.graph", timeout=60_000)
-            page.wait_for_function("!!LiteGraph.registered_node_types['CADCLoadBitstream']", timeout=30_000)
-            for name in WORKFLOWS:
-                workflow = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())
-                page.evaluate("async (w) => await window.comfyAPI.app.app.loadGraphData(w)", workflow)
-                page.wait_for_timeout(1000)
-                assert page.get_by_text("Some Nodes Are Missing").count() == 0, name
-                assert page.get_by_text("Invalid workflow").count() == 0, name
-                missing = page.evaluate(
-                    "() => window.comfyAPI.app.app.graph.nodes"
-                    ".filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)"
-                )
-                assert missing == [], f"{name}: {missing}"
-                assert page.evaluate("() => window.comfyAPI.app.app.graph.nodes.length") == len(
-                    workflow["nodes"]
-                )
-                page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
-                buttons = page.evaluate(
-                    "() => window.comfyAPI.app.app.graph.nodes.filter(n => n.type === 'CADCLoadBitstream')"
-                    ".flatMap(n => n.widgets.filter(w => w.type === 'button').map(w => w.name))"
-                )
-                expected = sum(node["type"] == "CADCLoadBitstream" for node in workflow["nodes"])
-                assert buttons == ["upload .cadc file"] * expected, name
-            assert not [e for e in errors if "cadc" in e.lower()], errors
-        finally:
-            browser.close()
+    with frontend_page(server) as page:
+        for name in WORKFLOWS:
+            workflow = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())
+            page.evaluate("async (w) => await window.comfyAPI.app.app.loadGraphData(w)", workflow)
+            page.wait_for_timeout(1000)
+            assert page.get_by_text("Some Nodes Are Missing").count() == 0, name
+            assert page.get_by_text("Invalid workflow").count() == 0, name
+            missing = page.evaluate(
+                "() => window.comfyAPI.app.app.graph.nodes"
+                ".filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)"
+            )
+            assert missing == [], f"{name}: {missing}"
+            assert page.evaluate("() => window.comfyAPI.app.app.graph.nodes.length") == len(workflow["nodes"])
+            page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+            buttons = page.evaluate(
+                "() => window.comfyAPI.app.app.graph.nodes.filter(n => n.type === 'CADCLoadBitstream')"
+                ".flatMap(n => n.widgets.filter(w => w.type === 'button').map(w => w.name))"
+            )
+            expected = sum(node["type"] == "CADCLoadBitstream" for node in workflow["nodes"])
+            assert buttons == ["upload .cadc file"] * expected, name
+        errors = page.cadc_errors
+        assert not [e for e in errors if "cadc" in e.lower()], errors
+
+
+NODE_RECT_JS = """(id) => {
+    const app = window.comfyAPI.app.app;
+    const node = app.graph.getNodeById(id);
+    const box = app.canvas.canvas.getBoundingClientRect();
+    const title = LiteGraph.NODE_TITLE_HEIGHT;
+    const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title]);
+    const scale = app.canvas.ds.scale;
+    return {x: box.left + x, y: box.top + y, width: node.size[0] * scale, height: (node.size[1] + title) * scale};
+}"""
+"""The on-screen rectangle (page pixels) of a node, title bar included."""
+
+INFO_JS = """(id) => {
+    const widget = window.comfyAPI.app.app.graph.getNodeById(id).widgets?.find(w => w.name === 'cadc_info');
+    const el = widget?.inputEl;
+    if (!el) return null;
+    const r = el.getBoundingClientRect();
+    const style = getComputedStyle(el);
+    return {text: el.value, width: r.width, height: r.height, x: r.left, y: r.top,
+            shown: style.display !== 'none' && style.visibility !== 'hidden' && el.isConnected};
+}"""
+"""The text box web/cadc.js puts on a node for ``cadc_info``: its text and where it is on the page."""
+
+RUN_STATE_JS = """() => {
+    window.__cadcRun = null;
+    const api = window.comfyAPI.api.api;
+    api.addEventListener('execution_success', (e) => { window.__cadcRun = {ok: true, ...e.detail}; });
+    api.addEventListener('execution_error', (e) => { window.__cadcRun = {ok: false, ...e.detail}; });
+}"""
+
+
+def distinct_colours(png: bytes) -> int:
+    import io
+
+    return len(set(Image.open(io.BytesIO(png)).convert("RGB").getdata()))
+
+
+@pytest.mark.browser
+@needs_browser
+def test_new_user_queues_the_roundtrip_workflow_in_the_browser(server):
+    """The issue's acceptance as a user does it: Templates → comfyui-cadc → cadc_roundtrip → Run.
+
+    Then a new .cadc is in output/, the reconstruction is shown in the "Reconstruction" node, and
+    the CADC info boxes (size and bpp on Encode and Save CADC, the caption on Caption) are on screen.
+    Screenshots: out/screenshots/roundtrip_ui_*.png.
+    """
+    workflow = json.loads((REPO_ROOT / "workflows" / "cadc_roundtrip.json").read_text())
+    ids = {node.get("title", node["type"]): node["id"] for node in workflow["nodes"]}  # title, else type
+    # Earlier tests in this module may have run the same graph through the API; empty the server's
+    # cache so that every node really runs again, as on a fresh start.
+    server.post_json("/free", {"unload_models": True, "free_memory": True})
+    before = set((server.output_dir / "CADC").glob("*.cadc"))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with frontend_page(server) as page:
+        page.get_by_role("button", name="Templates").first.click()
+        page.get_by_role("option", name=PACK_NAME).click()
+        page.get_by_role("heading", name="cadc_roundtrip").click()
+        page.wait_for_function(f"() => window.comfyAPI.app.app.graph.nodes.length === {len(workflow['nodes'])}")
+        page.wait_for_timeout(500)
+        assert page.get_by_text("Some Nodes Are Missing").count() == 0
+        page.screenshot(path=str(SCREENSHOTS / "roundtrip_ui_loaded.png"))
+        before_run = page.screenshot(clip=page.evaluate(NODE_RECT_JS, ids["Reconstruction"]))
+
+        page.evaluate(RUN_STATE_JS)
+        start = time.perf_counter()
+        page.get_by_test_id("queue-button").get_by_role("button", name="Run").first.click()
+        page.wait_for_function("() => window.__cadcRun !== null", timeout=180_000, polling=250)
+        run = page.evaluate("() => window.__cadcRun")
+        assert run["ok"], f"the run failed: {json.dumps(run)[:3000]}\n{server.log_tail(3000)}"
+        seconds = time.perf_counter() - start
+        # The reconstruction: SaveImage's preview loads the saved PNG into node.imgs and draws it.
+        page.wait_for_function(
+            f"() => window.comfyAPI.app.app.graph.getNodeById({ids['Reconstruction']})?.imgs?.[0]?.naturalWidth > 0",
+            timeout=30_000,
+        )
+        page.wait_for_timeout(500)  # let the canvas draw the images and the info boxes
+        page.screenshot(path=str(SCREENSHOTS / "roundtrip_ui_done.png"))
+        for key in ("Original", "Reconstruction", "CADCEncode", "CADCSave", "CADCCaption"):
+            rect = page.evaluate(NODE_RECT_JS, ids[key])
+            assert rect["x"] >= 0 and rect["x"] + rect["width"] <= 1600, f"{key} is off screen: {rect}"
+            assert rect["y"] >= 0 and rect["y"] + rect["height"] <= 1000, f"{key} is off screen: {rect}"
+        after_run = page.screenshot(
+            clip=page.evaluate(NODE_RECT_JS, ids["Reconstruction"]),
+            path=str(SCREENSHOTS / "roundtrip_ui_reconstruction.png"),
+        )
+        infos = {kind: page.evaluate(INFO_JS, ids[kind]) for kind in ("CADCEncode", "CADCSave", "CADCCaption")}
+        shown = page.evaluate(
+            f"() => window.comfyAPI.app.app.graph.getNodeById({ids['Reconstruction']}).imgs"
+            ".map(i => ({src: i.src, width: i.naturalWidth, height: i.naturalHeight}))"
+        )
+        history = server.get_json(f"/history/{run['prompt_id']}")[run["prompt_id"]]
+        page.get_by_role("button", name="Queue").first.click()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(SCREENSHOTS / "roundtrip_ui_queue.png"))
+        errors = page.cadc_errors
+    print(f"round-trip workflow from the UI: {seconds:.1f} s")
+
+    new_files = sorted(set((server.output_dir / "CADC").glob("*.cadc")) - before)
+    assert len(new_files) == 1, new_files
+    header = read_cadc(new_files[0]).header
+    assert (header.width, header.height) == IMAGE_SIZE
+
+    (saved,) = history["outputs"][str(ids["Reconstruction"])]["images"]
+    assert (server.output_dir / saved["subfolder"] / saved["filename"]).is_file()
+    assert len(shown) == 1 and f"filename={saved['filename']}" in shown[0]["src"], shown
+    assert (shown[0]["width"], shown[0]["height"]) == IMAGE_SIZE
+    # drawn on the canvas: the node's pixels changed from the empty node to a picture
+    assert distinct_colours(after_run) > distinct_colours(before_run) + 500
+
+    for kind, info in infos.items():
+        assert info and info["shown"] and info["width"] > 50 and info["height"] > 20, f"{kind}: {info}"
+        assert 0 <= info["x"] < 1600 and 0 <= info["y"] < 1000, f"{kind} info box is off screen: {info}"
+    size = f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
+    assert size in infos["CADCEncode"]["text"] and "bpp" in infos["CADCEncode"]["text"]
+    assert infos["CADCSave"]["text"].startswith(f"{new_files[0].name}: {size}")
+    assert "bpp" in infos["CADCSave"]["text"] and "bytes" in infos["CADCSave"]["text"]
+    assert infos["CADCCaption"]["text"].startswith("caption: ")
+    assert not [e for e in errors if "cadc" in e.lower()], errors

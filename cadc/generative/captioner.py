@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
+from ..config import FIXED_PROMPT
 from .errors import SourceError
 
-FIXED_PROMPT = "A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural lighting"
 """c_fix of the paper."""
 TINY = "tiny-random"
 MAX_NEW_TOKENS = 30

@@ -218,7 +218,7 @@ class _Run:
             if (step + 1) % c.log_every == 0 or step + 1 == c.steps:
                 recent = distributed.all_mean(_recent_means(history, c.log_every), info)
                 progress.set_postfix({k: f"{v:.4g}" for k, v in recent.items()}, refresh=False)
-            if c.eval_every and (step + 1) % c.eval_every == 0 and info.is_main:
+            if c.eval_every and (step + 1) % c.eval_every == 0 and step + 1 < c.steps and info.is_main:
                 progress.write(json.dumps({"step": step + 1, "eval": self.evaluate()["mean"]}))
             if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
                 self._checkpoint(step + 1)
