@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ..config import CodecConfig, get_preset
 
@@ -197,7 +196,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         path = Path(path)
         text = path.read_text()
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        data = _read_toml(text) if path.suffix.lower() == ".toml" else json.loads(text)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - set(known))
@@ -206,6 +205,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if "holdout_names" in data:
         data["holdout_names"] = tuple(data["holdout_names"])
     return TrainConfig(**data)
+
+
+def _read_toml(text: str) -> dict[str, Any]:
+    """tomllib (Python ≥ 3.11) or the ``tomli`` backport."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError("TOML configs need Python >= 3.11 or `pip install tomli`; JSON works everywhere") from None
+    return tomllib.loads(text)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -18,8 +18,9 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from ..config import FIXED_PROMPT
 from ..generative.adapter import AdapterConfig, AdapterWeights
-from ..generative.captioner import FIXED_PROMPT, Captioner, join_prompt
+from ..generative.captioner import Captioner, join_prompt
 from ..generative.denoiser import OneStepDenoiser
 from ..generative.schedule import VAE_SCALING_FACTOR, predict_x0
 from ..generative.sd_turbo import SDTurboSource
