@@ -77,7 +77,7 @@ def cmd_decompress(args: argparse.Namespace) -> dict[str, Any]:
 
 def _decode_generative(args: argparse.Namespace, checkpoint, cadc_file, output: Path) -> dict[str, Any]:
     """ŷ → l_T → (caption, one-step SD-Turbo, VAE) → image."""
-    from .generative import GenerativeDecoder  # diffusers/transformers load only when needed
+    from .generative import TIMESTEP, GenerativeDecoder  # diffusers/transformers load only when needed
 
     if args.sd_turbo is None:
         raise CliError(
@@ -85,6 +85,10 @@ def _decode_generative(args: argparse.Namespace, checkpoint, cadc_file, output: 
             "sd_turbo.safetensors) or --sd-turbo tiny-random; use --aux-only for the light preview decoder"
         )
     header = cadc_file.header
+    if header.hints.timestep not in (None, TIMESTEP):
+        raise CliError(
+            f"this file asks for a denoising timestep of {header.hints.timestep}; this decoder runs t = {TIMESTEP}"
+        )
     codec = checkpoint.codec
     caption = not args.no_caption and codec.g_aux is not None
     decoded = decode_file(codec, cadc_file, aux=caption, max_pixels=getattr(args, "max_pixels", MAX_DECODE_PIXELS))
@@ -96,6 +100,7 @@ def _decode_generative(args: argparse.Namespace, checkpoint, cadc_file, output: 
         adapter_config=checkpoint.adapter_config,
         caption=caption,
         device=args.device,
+        fixed_prompt=header.hints.fixed_prompt or codec.config.fixed_prompt,
     )
     result = decoder.decode(decoded.latent.l_T, decoded.latent.x_aux, out_hw=(header.height, header.width))
     save_image(result.image, output, channels=header.channels, bit_depth=header.bit_depth)
@@ -132,14 +137,22 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     compress = cmd_compress(argparse.Namespace(image=str(DEMO_IMAGE), output=str(out / "astronaut.cadc"), **base))
     aux = cmd_decompress(
         argparse.Namespace(
-            input=str(out / "astronaut.cadc"), output=str(out / "astronaut_aux.png"), aux_only=True,
-            sd_turbo=None, blip=None, **base,
+            input=str(out / "astronaut.cadc"),
+            output=str(out / "astronaut_aux.png"),
+            aux_only=True,
+            sd_turbo=None,
+            blip=None,
+            **base,
         )
     )
     generative = cmd_decompress(
         argparse.Namespace(
-            input=str(out / "astronaut.cadc"), output=str(out / "astronaut_generative.png"), aux_only=False,
-            sd_turbo=args.sd_turbo, blip=args.blip, **base,
+            input=str(out / "astronaut.cadc"),
+            output=str(out / "astronaut_generative.png"),
+            aux_only=False,
+            sd_turbo=args.sd_turbo,
+            blip=args.blip,
+            **base,
         )
     )
     return {
@@ -160,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--model", default=None,
+            "--model",
+            default=None,
             help=f"CADC checkpoint (.safetensors) or '{TINY_RANDOM}'; default: the shipped model",
         )
         p.add_argument("--device", default="cpu", help="torch device for the networks (default: cpu)")
@@ -170,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("-o", "--output", help="output .cadc path (default: <image stem>.cadc)")
     p.add_argument(
-        "--fast", action="store_true",
+        "--fast",
+        action="store_true",
         help="run the encoder networks on --device in its dtype; files stay decodable everywhere, "
         "but are no longer byte-identical across devices/thread counts",
     )
@@ -185,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blip", default=None, help="BLIP captioner folder or tiny-random (default: no caption)")
     p.add_argument("--no-caption", action="store_true", help="condition on the fixed prompt only")
     p.add_argument(
-        "--max-pixels", type=int, default=MAX_DECODE_PIXELS, metavar="N",
+        "--max-pixels",
+        type=int,
+        default=MAX_DECODE_PIXELS,
+        metavar="N",
         help=f"refuse files whose image is larger than N pixels (default {MAX_DECODE_PIXELS}; 0 = no limit)",
     )
     model_options(p)
@@ -218,8 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("cadc: interrupted; nothing was written\n")
         return 130
-    except (CliError, CadcFormatError, CheckpointError, ImageError, FileNotFoundError, IsADirectoryError,
-            PermissionError, ValueError) as error:
+    except (
+        CliError,
+        CadcFormatError,
+        CheckpointError,
+        ImageError,
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+        ValueError,
+    ) as error:
         sys.stderr.write(f"cadc: error: {_one_line(error)}\n")
         return 1
     finally:

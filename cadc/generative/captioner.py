@@ -28,10 +28,10 @@ BLIP_HINT = (
 )
 
 
-def join_prompt(caption: str | None) -> str:
-    """c = c_aux + c_fix: ``"<caption>, <FIXED_PROMPT>"``, or ``FIXED_PROMPT`` for no/empty caption."""
+def join_prompt(caption: str | None, fixed_prompt: str = FIXED_PROMPT) -> str:
+    """c = c_aux + c_fix: ``"<caption>, <fixed_prompt>"``, or ``fixed_prompt`` for no/empty caption."""
     c = (caption or "").strip().rstrip(".,").strip()
-    return f"{c}, {FIXED_PROMPT}" if c else FIXED_PROMPT
+    return f"{c}, {fixed_prompt}" if c else fixed_prompt
 
 
 def check_blip_folder(source: str | os.PathLike) -> Path:

@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 
 from .adapter import AdapterConfig, AdapterError, AdapterWeights
-from .captioner import TINY, Captioner, check_blip_folder, join_prompt
+from .captioner import FIXED_PROMPT, TINY, Captioner, check_blip_folder, join_prompt
 from .denoiser import OneStepDenoiser
 from .schedule import VAE_SCALING_FACTOR, predict_x0
 from .sd_turbo import SDTurboSource
@@ -79,8 +79,10 @@ class GenerativeDecoder:
         tile_latent: int,
         tile_overlap: int,
         tile_above: int,
+        fixed_prompt: str = FIXED_PROMPT,
     ):
         self.sd_turbo = sd_turbo
+        self.fixed_prompt = fixed_prompt
         self.blip = blip
         self.adapter = adapter
         self.adapter_config = adapter_config
@@ -107,6 +109,7 @@ class GenerativeDecoder:
         tile_latent: int = 96,
         tile_overlap: int = 32,
         tile_above: int = 128,
+        fixed_prompt: str = FIXED_PROMPT,
     ) -> GenerativeDecoder:
         """Describe the decoder; nothing is loaded until first use (paths are checked now).
 
@@ -121,6 +124,7 @@ class GenerativeDecoder:
             device, dtype: default CUDA if available else CPU; float16 on CUDA, float32 on CPU.
             tile_latent, tile_overlap: latent tile side and overlap (latent pixels, multiples of 8).
             tile_above: tile when the latent's longer side exceeds this (0 forces tiling).
+            fixed_prompt: c_fix, appended to every caption (a ``.cadc`` file's hint carries it).
 
         Raises:
             SourceError: a source path does not exist (the message says what to put where).
@@ -151,6 +155,7 @@ class GenerativeDecoder:
             tile_latent,
             tile_overlap,
             tile_above,
+            fixed_prompt,
         )
 
     # -- lazily loaded models -------------------------------------------------------------------
@@ -283,7 +288,7 @@ class GenerativeDecoder:
         _stage(progress, "caption")(1, 1)
         seconds["caption"] = _lap(t)
         t = time.perf_counter()
-        prompts = [join_prompt(cap) for cap in captions]
+        prompts = [join_prompt(cap, self.fixed_prompt) for cap in captions]
         text = self.encode_prompts(prompts)
         _stage(progress, "text_encode")(1, 1)
         seconds["text_encode"] = _lap(t)
