@@ -579,6 +579,9 @@ def test_bad_images_work_or_give_a_one_line_error(capsys, tmp_path, case):
     cadc_path, png_path = tmp_path / "out.cadc", tmp_path / "out.png"
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # shown as the CLI shows them: one "cadc: warning: ..." line
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )
         code, _, err = run_cli(capsys, "compress", str(source), "-o", str(cadc_path), *TINY)
     assert all(line.startswith(("cadc: ", "wrote ")) for line in err.splitlines()), err
     assert ("cadc: warning:" in err) == (case == "animated-gif")
