@@ -1,0 +1,1 @@
+"""CADC benchmark suite: ``python benchmarks/run.py`` (see benchmarks/README.md)."""
