@@ -155,6 +155,7 @@ def run_decode(spec: dict[str, Any]) -> dict[str, Any]:
         tile_latent=spec["tile_latent"],
         tile_overlap=spec["tile_overlap"],
         tile_above=spec["tile_above"],
+        low_memory=spec.get("low_memory", False),
     )
     counter = LoadCounter()
     source = decoder.sd_turbo
@@ -167,6 +168,8 @@ def run_decode(spec: dict[str, Any]) -> dict[str, Any]:
         models = {"tokenizer": "tokenizer", "text_encoder": "text_encoder", "unet": "denoiser", "vae": "vae"}
         if caption:
             models["blip"] = "captioner"
+        if decoder.low_memory:  # these load on first use inside decode and are released after it
+            models = {k: v for k, v in models.items() if v not in ("text_encoder", "captioner")}
         rss_by_model = {"codec": current_rss_mib()}
         # The decoder-side float64 copies (h_s, quadtree context) are built on first use; build them
         # here so that the reported decode is a warm one (private helper: no public warm-up exists).

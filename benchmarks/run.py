@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile-overlap", type=int, default=32)
     parser.add_argument("--tile-above", type=int, default=128)
     parser.add_argument("--channels-last", action="store_true", help="UNet and VAE in channels_last")
+    parser.add_argument(
+        "--low-memory", action="store_true",
+        help="decode as the CLI does: models load on first use, BLIP and the text encoder are released "
+        "before the UNet runs (one decode per process; the loaded-twice check does not apply)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     parser.add_argument("--cache", type=Path, default=assets.DEFAULT_CACHE, help="random-weights cache folder")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per child process")
@@ -113,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "quick": args.quick, "device": device, "dtype": dtype, "threads": threads,
             "tile_latent": args.tile_latent, "tile_overlap": args.tile_overlap, "tile_above": args.tile_above,
-            "channels_last": args.channels_last, "weights": "seeded random, paper-size (benchmarks/assets.py)",
+            "channels_last": args.channels_last, "low_memory": args.low_memory,
+            "weights": "seeded random, paper-size (benchmarks/assets.py)",
             "image": "cadc/assets/astronaut.png resized", "load_average_start": os.getloadavg(),
         },
         "runs": [],
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                             **common, "phase": "decode", "caption": caption, "sd_turbo": paths["sd_turbo"],
                             "blip": paths["blip"], "decode_repeats": repeats, "tile_latent": args.tile_latent,
                             "tile_overlap": args.tile_overlap, "tile_above": args.tile_above,
-                            "channels_last": args.channels_last,
+                            "channels_last": args.channels_last, "low_memory": args.low_memory,
                         },
                         workdir, args.timeout,
                     )

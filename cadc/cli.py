@@ -101,6 +101,7 @@ def _decode_generative(args: argparse.Namespace, checkpoint, cadc_file, output: 
         caption=caption,
         device=args.device,
         fixed_prompt=header.hints.fixed_prompt or codec.config.fixed_prompt,
+        low_memory=True,  # one decode per process: BLIP and the text encoder need not stay
     )
     result = decoder.decode(decoded.latent.l_T, decoded.latent.x_aux, out_hw=(header.height, header.width))
     save_image(result.image, output, channels=header.channels, bit_depth=header.bit_depth)

@@ -111,3 +111,21 @@ def test_tiled_decode_agrees_with_untiled() -> None:
     diff = forced.image - plain.image
     psnr = 10 * math.log10(1 / diff.pow(2).mean().item())
     assert diff.abs().mean() <= 0.03 and psnr >= 25, (diff.abs().mean(), psnr)
+
+
+def test_low_memory_releases_blip_and_text_encoder_and_gives_the_same_image(decoder: GenerativeDecoder) -> None:
+    l_t, x_aux = _inputs(8, 8, seed=3)
+    lean = GenerativeDecoder.from_sources(
+        "tiny-random", "tiny-random", latent_channels=C, adapter_config=FAST, low_memory=True
+    )
+    result = lean.decode(l_t, x_aux)
+    assert "captioner" not in lean._models and "text_encoder" not in lean._models
+    assert "denoiser" in lean._models and "vae" in lean._models
+    assert torch.equal(result.image, decoder.decode(l_t, x_aux).image)
+
+
+def test_decode_uses_the_given_fixed_prompt() -> None:
+    custom = GenerativeDecoder.from_sources(
+        "tiny-random", None, latent_channels=C, adapter_config=FAST, fixed_prompt="a watercolour painting"
+    )
+    assert custom.decode(*_inputs(8, 8)).prompts == ["a watercolour painting"]
