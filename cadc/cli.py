@@ -116,14 +116,12 @@ def _decode_generative(args: argparse.Namespace, checkpoint, cadc_file, output: 
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     cadc_file = read_cadc(args.input)
-    header = cadc_file.header
-    payload_bits = 8 * sum(len(s) for s in cadc_file.streams)
-    info = header_to_json(header)
+    info = header_to_json(cadc_file.header)
     info.update(
-        file_bytes=cadc_file.header_bytes + payload_bits // 8,
+        file_bytes=cadc_file.header_bytes + cadc_file.payload_bytes,
         header_bytes=cadc_file.header_bytes,
-        payload_bytes=payload_bits // 8,
-        bpp=payload_bits / (header.height * header.width),
+        payload_bytes=cadc_file.payload_bytes,
+        bpp=cadc_file.bpp,
     )
     return info
 

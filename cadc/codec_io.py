@@ -38,7 +38,7 @@ class EncodedImage:
     @property
     def bits_actual(self) -> int:
         """Bits of the entropy-coded payload (the paper's bpp counts these)."""
-        return 8 * sum(len(s) for s in self.file.streams)
+        return 8 * self.file.payload_bytes
 
     @property
     def header_bytes(self) -> int:

@@ -442,6 +442,16 @@ class CadcFile:
         _check(total < MAX_FILE_BYTES, f"payload of {total} bytes exceeds {MAX_FILE_BYTES}")
 
     @property
+    def payload_bytes(self) -> int:
+        """Bytes of the coded streams (what the paper's bpp counts)."""
+        return sum(map(len, self.streams))
+
+    @property
+    def bpp(self) -> float:
+        """Payload bits per pixel of the original image (header excluded)."""
+        return 8 * self.payload_bytes / (self.header.height * self.header.width)
+
+    @property
     def header_bytes(self) -> int:
         """Bytes of the file that are not stream payload (header, both CRCs)."""
         return len(_pack_header(self.header, [len(s) for s in self.streams])) + 4

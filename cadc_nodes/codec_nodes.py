@@ -62,17 +62,11 @@ def tensor_to_image(x: torch.Tensor) -> torch.Tensor:
     return x.detach().float().clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().contiguous()
 
 
-def payload_bits(cadc_file: CadcFile) -> int:
-    """Bits of the entropy-coded payload (what bpp counts; the header is extra)."""
-    return 8 * sum(len(stream) for stream in cadc_file.streams)
-
-
 def describe(cadc_file: CadcFile, file_bytes: int | None = None) -> str:
     """One line for the UI: size, bpp and file size."""
     header = cadc_file.header
     size = len(cadc_file.to_bytes()) if file_bytes is None else file_bytes
-    bpp = payload_bits(cadc_file) / (header.width * header.height)
-    return f"{header.width}x{header.height}  {bpp:.4f} bpp  {size} bytes"
+    return f"{header.width}x{header.height}  {cadc_file.bpp:.4f} bpp  {size} bytes"
 
 
 def _inside(path: str | os.PathLike, folders: list[str]) -> bool:
@@ -175,7 +169,7 @@ class EncodeBitstream:
             host.check_interrupted()
             files.append(encode_tensor(codec.codec, x[i : i + 1])[0].file)
             progress.update(1)
-        bpp = [payload_bits(f) / (f.header.width * f.header.height) for f in files]
+        bpp = [f.bpp for f in files]
         mean_bpp = sum(bpp) / len(bpp)
         return {"ui": {"cadc_info": [describe(f) for f in files]}, "result": (files, mean_bpp)}
 
