@@ -301,6 +301,7 @@ class DecodeLatent:
 
     def decode(self, codec: Checkpoint, bitstream: list[CadcFile]) -> tuple[list[DecodedImage]]:
         progress = host.progress_bar(len(bitstream))
+        host.load_managed(codec.codec)  # g_s and g_aux run on ComfyUI's device; the entropy path stays on the CPU
         decoded = []
         for cadc_file in bitstream:
             host.check_interrupted()

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import weakref
 from types import ModuleType
+
+import torch
 
 from cadc.weights import PACKAGE_MODELS_DIR
 
@@ -65,3 +68,27 @@ def check_interrupted() -> None:
     except ImportError:
         return
     throw_exception_if_processing_interrupted()
+
+
+_PATCHERS: weakref.WeakKeyDictionary[torch.nn.Module, object] = weakref.WeakKeyDictionary()
+
+
+def load_managed(module: torch.nn.Module) -> None:
+    """Load ``module`` through ComfyUI's model management, as ComfyUI does for its own models.
+
+    The module is wrapped once in a ``ModelPatcher`` (load device: ComfyUI's torch device;
+    offload device: its UNet offload device), so VRAM is accounted for and other models are
+    offloaded to make room. Outside ComfyUI, or on a CPU-only ComfyUI, nothing moves.
+    """
+    try:
+        import comfy.model_management as management
+        import comfy.model_patcher
+    except ImportError:
+        return
+    patcher = _PATCHERS.get(module)
+    if patcher is None:
+        patcher = comfy.model_patcher.ModelPatcher(
+            module, load_device=management.get_torch_device(), offload_device=management.unet_offload_device()
+        )
+        _PATCHERS[module] = patcher
+    management.load_models_gpu([patcher])
