@@ -375,6 +375,15 @@ class CADCCodec(nn.Module):
             decoded[mask] = 1.0
         return CompressedImage(encoder.finish(), y_shape, z_shape, bits_y, bits_z, y_hat.float())
 
+    def prepare(self, encoder: bool = True) -> None:
+        """Build the cached float64 CPU copies now instead of on the first compress/decompress.
+
+        ``encoder=False`` builds only the decoder's (h_s and the context networks).
+        """
+        names = ("h_s", "context", *(("g_a", "h_a", "ugaq") if encoder else ()))
+        for name in names:
+            self._float64(name)
+
     # ------------------------------------------------------------------ helpers
     def _hyper_context(self, z_symbols: torch.Tensor, y_shape: tuple[int, int, int]) -> torch.Tensor:
         """h_s(ẑ) in float64 on the CPU, cropped to y's grid: [1, 2·Cy, h, w]."""

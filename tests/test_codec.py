@@ -162,3 +162,13 @@ def test_sd_turbo_preset_shapes_at_256():
     assert decoded.l_T.shape == (1, 320, 32, 32)
     assert decoded.x_aux.shape == (1, 3, 256, 256)
     assert torch.equal(decoded.y_hat, compressed.y_hat)
+
+
+def test_prepare_builds_the_float64_copies_once():
+    codec = build_tiny_random()
+    codec.prepare(encoder=False)
+    assert sorted(codec._float64_copies) == ["context", "h_s"]
+    codec.prepare()
+    copies = {name: entry[1] for name, entry in codec._float64_copies.items()}
+    codec.compress(make_photo(64, 64))
+    assert all(codec._float64_copies[name][1] is module for name, module in copies.items())
