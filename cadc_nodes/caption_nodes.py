@@ -101,6 +101,7 @@ class Caption:
 
     def caption(self, captioner: Captioner, image: torch.Tensor) -> dict:
         host.check_interrupted()
+        host.load_managed(captioner.model)  # BLIP on ComfyUI's device, offloaded like its own models
         captions = captioner(image_to_tensor(image))
         prompt = join_prompt(captions[0])
         return {"ui": {"cadc_info": [f"caption: {c}" for c in captions]}, "result": (prompt, captions[0])}

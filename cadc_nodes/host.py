@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import weakref
 from types import ModuleType
 
 import torch
@@ -70,25 +69,27 @@ def check_interrupted() -> None:
     throw_exception_if_processing_interrupted()
 
 
-_PATCHERS: weakref.WeakKeyDictionary[torch.nn.Module, object] = weakref.WeakKeyDictionary()
-
 
 def load_managed(module: torch.nn.Module) -> None:
     """Load ``module`` through ComfyUI's model management, as ComfyUI does for its own models.
 
     The module is wrapped once in a ``ModelPatcher`` (load device: ComfyUI's torch device;
     offload device: its UNet offload device), so VRAM is accounted for and other models are
-    offloaded to make room. Outside ComfyUI, or on a CPU-only ComfyUI, nothing moves.
+    offloaded to make room. The patcher holds a plain container around the module, because it
+    writes a ``device`` attribute that some models (transformers' BLIP) expose read-only.
+    Outside ComfyUI, or on a CPU-only ComfyUI, nothing moves.
     """
     try:
         import comfy.model_management as management
         import comfy.model_patcher
     except ImportError:
         return
-    patcher = _PATCHERS.get(module)
+    patcher = getattr(module, "_cadc_model_patcher", None)  # lives and dies with the module
     if patcher is None:
         patcher = comfy.model_patcher.ModelPatcher(
-            module, load_device=management.get_torch_device(), offload_device=management.unet_offload_device()
+            torch.nn.ModuleList([module]),
+            load_device=management.get_torch_device(),
+            offload_device=management.unet_offload_device(),
         )
-        _PATCHERS[module] = patcher
+        module._cadc_model_patcher = patcher
     management.load_models_gpu([patcher])

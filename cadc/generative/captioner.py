@@ -70,8 +70,6 @@ class Captioner:
     ):
         self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.processor = processor
-        self.device = torch.device(device)
-        self.dtype = dtype
         self.max_new_tokens = max_new_tokens
 
     @classmethod
@@ -105,8 +103,9 @@ class Captioner:
         Returns:
             B captions (lower-case BLIP text, special tokens removed).
         """
+        weight = next(self.model.parameters())  # where the model is now (a host may have moved it)
         pixels = self.processor(
             images=[im.float().clamp(0, 1).cpu() for im in images], do_rescale=False, return_tensors="pt"
-        )["pixel_values"].to(self.device, self.dtype)
+        )["pixel_values"].to(weight.device, weight.dtype)
         ids = self.model.generate(pixel_values=pixels, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False)
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
