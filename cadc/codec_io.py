@@ -46,7 +46,7 @@ class EncodedImage:
 
     @property
     def total_bytes(self) -> int:
-        return self.header_bytes + self.bits_actual // 8
+        return self.header_bytes + self.file.payload_bytes
 
     def report(self) -> dict:
         """The numbers the CLI prints with ``--json``."""

@@ -27,9 +27,6 @@ from __future__ import annotations
 import copy
 import math
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +37,7 @@ from ._compressai import EntropyBottleneck, update_registered_buffers
 from .config import CodecConfig
 from .entropy import CdfTables, SnappedGaussianConditional, StreamDecoder, StreamEncoder, ste_round
 from .quadtree import NUM_STEPS, QuadtreeContext, step_masks
+from .timing import stage_timer
 from .transforms import AnalysisTransform, AuxDecoder, HyperAnalysis, HyperSynthesis, SynthesisTransform
 from .ugaq import UncertaintyQuantizer
 
@@ -87,30 +85,6 @@ class DecodedLatent:
     y_hat: torch.Tensor  # [1, Cy, H/64, W/64], integer-valued float32
     l_T: torch.Tensor  # [1, Cl, H/8, W/8] float32 (or the model's dtype)
     x_aux: torch.Tensor | None  # [1, 3, H, W] in 0..1, None when the codec has no g_aux
-
-
-@contextmanager
-def stage_timer(timings: dict[str, float] | None, name: str) -> Iterator[None]:
-    """Add the wall seconds of the block to ``timings[name]`` (no-op when ``timings`` is None).
-
-    When CUDA is in use, queued GPU work is waited for on both ends (only while timing), so each
-    stage is charged its own kernels rather than the previous stage's.
-    """
-    if timings is None:
-        yield
-        return
-    _synchronize_cuda()
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        _synchronize_cuda()
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-
-def _synchronize_cuda() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
 
 
 def tensor_key(t: torch.Tensor) -> tuple:
@@ -380,7 +354,7 @@ class CADCCodec(nn.Module):
 
         ``encoder=False`` builds only the decoder's (h_s and the context networks).
         """
-        names = ("h_s", "context", *(("g_a", "h_a", "ugaq") if encoder else ()))
+        names = ("h_s", "context", *(ENCODER_ONLY if encoder else ()))
         for name in names:
             self._float64(name)
 

@@ -15,13 +15,13 @@ import gc
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
+from ..timing import stage_timer
 from .adapter import AdapterConfig, AdapterError, AdapterWeights
 from .captioner import FIXED_PROMPT, TINY, Captioner, check_blip_folder, join_prompt
 from .denoiser import OneStepDenoiser
@@ -295,23 +295,19 @@ class GenerativeDecoder:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         seconds: dict[str, float] = {}
-        t = time.perf_counter()
-        captions = self.captions(x_aux, b)
-        _stage(progress, "caption")(1, 1)
-        seconds["caption"] = _lap(t)
-        t = time.perf_counter()
-        prompts = [join_prompt(cap, self.fixed_prompt) for cap in captions]
-        text = self.encode_prompts(prompts)
-        if self.low_memory:
-            self._release("captioner", "text_encoder")
-        _stage(progress, "text_encode")(1, 1)
-        seconds["text_encode"] = _lap(t)
-        t = time.perf_counter()
-        l_0 = self.denoise(l_t, text, progress)
-        seconds["unet"] = _lap(t)
-        t = time.perf_counter()
-        image = self.vae_decode(l_0, progress)[:, :, :H, :W].contiguous()
-        seconds["vae_decode"] = _lap(t)
+        with stage_timer(seconds, "caption"):
+            captions = self.captions(x_aux, b)
+            _stage(progress, "caption")(1, 1)
+        with stage_timer(seconds, "text_encode"):
+            prompts = [join_prompt(cap, self.fixed_prompt) for cap in captions]
+            text = self.encode_prompts(prompts)
+            if self.low_memory:
+                self._release("captioner", "text_encoder")
+            _stage(progress, "text_encode")(1, 1)
+        with stage_timer(seconds, "unet"):
+            l_0 = self.denoise(l_t, text, progress)
+        with stage_timer(seconds, "vae_decode"):
+            image = self.vae_decode(l_0, progress)[:, :, :H, :W].contiguous()
         return GenerativeResult(image, captions, prompts, seconds, _peak_mib(self.device), self._tiling(h, w))
 
 
@@ -324,13 +320,6 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None]:
     if progress is None:
         return lambda done, total: None
     return lambda done, total: progress(stage, done, total)
-
-
-def _lap(t0: float) -> float:
-    """Seconds since ``t0``, after waiting for queued GPU work so each stage is charged its own."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-    return round(time.perf_counter() - t0, 4)
 
 
 def _peak_mib(device: torch.device) -> float:
