@@ -34,8 +34,8 @@ OPTION_FIELDS = {
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from .trainer import train
 
-    overrides = dict(parse_override(item) for item in args.set)
-    overrides.update({field: getattr(args, dest) for dest, field in OPTION_FIELDS.items()})
+    overrides = {field: getattr(args, dest) for dest, field in OPTION_FIELDS.items() if getattr(args, dest) is not None}
+    overrides.update(parse_override(item) for item in args.set)  # --set wins over the options
     config = load_config(args.config, overrides)
     command = shlex.join(["cadc", *sys.argv[1:]])  # same for `cadc ...`, `python -m cadc.cli ...`, torchrun
     summary = train(config, args.data, args.out, resume=args.resume, command=command)

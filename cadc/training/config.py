@@ -50,6 +50,7 @@ class Ablation:
 ABLATIONS: dict[str, Ablation] = {
     "M0": Ablation(ugaq=False, aux=False, caption=False),
     "ugaq": Ablation(ugaq=True, aux=False, caption=False),
+    "adgic": Ablation(ugaq=False, aux=True, caption=False),
     "ugaq+adgic": Ablation(ugaq=True, aux=True, caption=False),
     "full": Ablation(ugaq=True, aux=True, caption=True),
 }
