@@ -144,3 +144,20 @@ def _metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}
+
+
+def test_cli_precedence_file_then_options_then_set(tmp_path):
+    """config file < --steps/--ablation options < --set; options left unset never clobber --set."""
+    from cadc.cli import build_parser
+    from cadc.training.cli import config_from_args
+
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('stage = "codec"\nablation = "full"\nsteps = 7\nlambda_rate = 0.5\n')
+    parse = build_parser().parse_args
+    base = ["train", "--config", str(config_file), "--data", str(tmp_path)]
+    assert config_from_args(parse(base)).ablation == "full"
+    assert config_from_args(parse(base)).steps == 7
+    assert config_from_args(parse([*base, "--set", "ablation=adgic"])).ablation == "adgic"
+    assert config_from_args(parse([*base, "--steps", "9"])).steps == 9
+    both = config_from_args(parse([*base, "--steps", "9", "--set", "steps=11", "--lambda", "0.25"]))
+    assert (both.steps, both.lambda_rate) == (11, 0.25)

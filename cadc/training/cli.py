@@ -10,7 +10,7 @@ import shlex
 import sys
 from typing import Any
 
-from .config import ABLATIONS, STAGES, load_config, parse_override
+from .config import ABLATIONS, STAGES, TrainConfig, load_config, parse_override
 
 OPTION_FIELDS = {
     "steps": "steps",
@@ -31,12 +31,17 @@ OPTION_FIELDS = {
 """argparse dest → TrainConfig field, for the options that override the config file."""
 
 
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: file < the options given < ``--set key=value``."""
+    overrides = {field: getattr(args, dest) for dest, field in OPTION_FIELDS.items() if getattr(args, dest) is not None}
+    overrides.update(parse_override(item) for item in args.set)
+    return load_config(args.config, overrides)
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from .trainer import train
 
-    overrides = {field: getattr(args, dest) for dest, field in OPTION_FIELDS.items() if getattr(args, dest) is not None}
-    overrides.update(parse_override(item) for item in args.set)  # --set wins over the options
-    config = load_config(args.config, overrides)
+    config = config_from_args(args)
     command = shlex.join(["cadc", *sys.argv[1:]])  # same for `cadc ...`, `python -m cadc.cli ...`, torchrun
     summary = train(config, args.data, args.out, resume=args.resume, command=command)
     held_out = summary["held_out"]
