@@ -76,6 +76,33 @@ class CdfTables:
         )
 
 
+CODER_PRECISION = 16
+"""Bits of the rANS coder's probability scale (CDF tables sum to 2**16)."""
+BYPASS_BITS = 4
+"""Raw bits per bypass word of the coder's escape code."""
+
+
+def escape_bits(symbols: torch.Tensor, indexes: torch.Tensor, tables: CdfTables) -> torch.Tensor:
+    """Bits the coder spends on each symbol its table cannot hold (an escape); 0 for the others.
+
+    With u = symbol − offset and top = length − 2, a symbol with u outside [0, top) is coded as the
+    sentinel entry ``top`` followed by bypass words: the count n of 4-bit words of raw = −2u − 1
+    (u < 0) or 2(u − top) (u ≥ top), written as ⌊n/15⌋ + 1 words, then raw's n words. A Gaussian
+    likelihood cannot price this (it is ~0 that far out), so rate estimates take it from here.
+
+    ``symbols``, ``indexes``: integer tensors of one shape; returns float64 bits of that shape.
+    """
+    lengths = torch.tensor(tables.lengths, dtype=torch.int64)
+    sentinel = torch.tensor([cdf[n - 1] - cdf[n - 2] for cdf, n in zip(tables.cdfs, tables.lengths, strict=True)])
+    indexes = indexes.long()
+    top = lengths[indexes] - 2
+    u = symbols.long() - torch.tensor(tables.offsets, dtype=torch.int64)[indexes]
+    raw = torch.where(u < 0, -2 * u - 1, 2 * (u - top)).clamp_min(0).double()
+    words = torch.where(raw > 0, torch.floor(torch.log2(raw.clamp_min(1))) // BYPASS_BITS + 1, 0.0)
+    bits = CODER_PRECISION - torch.log2(sentinel[indexes].double()) + BYPASS_BITS * (words // 15 + 1 + words)
+    return torch.where((u < 0) | (u >= top), bits, 0.0)
+
+
 class StreamEncoder:
     """Collects (symbol, table index) runs from several entropy models into one rANS stream."""
 

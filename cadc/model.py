@@ -35,7 +35,14 @@ from torch.nn import functional as F
 
 from ._compressai import EntropyBottleneck, update_registered_buffers
 from .config import CodecConfig
-from .entropy import CdfTables, SnappedGaussianConditional, StreamDecoder, StreamEncoder, ste_round
+from .entropy import (
+    CdfTables,
+    SnappedGaussianConditional,
+    StreamDecoder,
+    StreamEncoder,
+    escape_bits,
+    ste_round,
+)
 from .quadtree import NUM_STEPS, QuadtreeContext, step_masks
 from .timing import stage_timer
 from .transforms import AnalysisTransform, AuxDecoder, HyperAnalysis, HyperSynthesis, SynthesisTransform
@@ -332,7 +339,9 @@ class CADCCodec(nn.Module):
         encoder.encode(z_symbols, self._channel_indexes(z_shape), eb_tables)
         z_hat = z_symbols.float() + self._medians(torch.float32, torch.device("cpu"))
         z_likelihood, _, _ = self.entropy_bottleneck._likelihood(z_hat.permute(1, 0, 2, 3).reshape(z_shape[0], 1, -1))
-        bits_z = float(-torch.log2(z_likelihood.double().clamp_min(1e-9)).sum())
+        z_escape = escape_bits(z_symbols, self._channel_indexes(z_shape), eb_tables)
+        z_escape = z_escape.permute(1, 0, 2, 3).reshape(z_likelihood.shape)
+        bits_z = float(torch.where(z_escape > 0, z_escape, -torch.log2(z_likelihood.double().clamp_min(1e-9))).sum())
 
         hyper = self._hyper_context(z_symbols, y_shape)
         context = self._float64("context")
@@ -343,9 +352,11 @@ class CADCCodec(nn.Module):
             means, scales = context.step_params(k, hyper, y_hat * decoded)
             index, scales_hat, means_hat = self.gaussian_conditional.snap(scales, means)
             mask = masks[k][None]
-            encoder.encode(y_hat[mask] - means_hat[mask], index[mask], gc_tables)
+            symbols = y_hat[mask] - means_hat[mask]
+            encoder.encode(symbols, index[mask], gc_tables)
             likelihood = self.gaussian_conditional._likelihood(y_hat[mask], scales_hat[mask], means_hat[mask])
-            bits_y += float(-torch.log2(likelihood.clamp_min(1e-9)).sum())
+            escape = escape_bits(symbols, index[mask], gc_tables)  # out-of-table symbols: the coder's cost
+            bits_y += float(torch.where(escape > 0, escape, -torch.log2(likelihood.clamp_min(1e-9))).sum())
             decoded[mask] = 1.0
         return CompressedImage(encoder.finish(), y_shape, z_shape, bits_y, bits_z, y_hat.float())
 
