@@ -18,9 +18,10 @@ from typing import Any
 
 from . import __version__
 from .codec_io import MAX_DECODE_PIXELS, check_decode_size, decode_file, encode_image
-from .container import CadcFormatError, header_to_json, read_cadc, write_cadc
+from .container import CadcFormatError, CadcHeader, header_to_json, read_cadc, write_cadc
 from .evaluation.cli import register as register_eval
 from .images import ImageError, load_image, save_image
+from .model_lookup import ModelMatch, ModelNotFoundError, cli_model_folders, cli_put_it, find_model
 from .training.cli import register as register_train
 from .weights import TINY_RANDOM, CheckpointError, default_model_path, load_checkpoint
 
@@ -61,8 +62,14 @@ def cmd_decompress(args: argparse.Namespace) -> dict[str, Any]:
     header = cadc_file.header
     max_pixels = getattr(args, "max_pixels", MAX_DECODE_PIXELS)
     check_decode_size(header, max_pixels)  # before the model is even loaded
-    checkpoint = load_checkpoint(args.model, device=args.device)
-    report: dict[str, Any] = {"output": str(output), "width": header.width, "height": header.height}
+    model = args.model if args.model is not None else _find_file_model(header).source
+    checkpoint = load_checkpoint(model, device=args.device)
+    report: dict[str, Any] = {
+        "output": str(output),
+        "width": header.width,
+        "height": header.height,
+        "model": checkpoint.source,
+    }
     if args.aux_only:
         decoded = decode_file(checkpoint.codec, cadc_file, max_pixels=max_pixels)
         if decoded.x_aux is None:
@@ -75,9 +82,15 @@ def cmd_decompress(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _find_file_model(header: CadcHeader) -> ModelMatch:
+    """The checkpoint (or tiny-random) whose model id and weights hash the header names."""
+    return find_model(header.model_id, header.weights_sha256, cli_model_folders(), cli_put_it())
+
+
 def _decode_generative(args: argparse.Namespace, checkpoint, cadc_file, output: Path) -> dict[str, Any]:
-    """ŷ → l_T → (caption, one-step SD-Turbo, VAE) → image."""
-    from .generative import TIMESTEP, GenerativeDecoder  # diffusers/transformers load only when needed
+    """ŷ → l_T → (caption, one-step SD-Turbo, VAE) → image, as :func:`plan_decode` decides."""
+    from .generative import GenerativeDecoder  # diffusers/transformers load only when needed
+    from .generative.decode_plan import plan_decode
 
     if args.sd_turbo is None:
         raise CliError(
@@ -85,25 +98,33 @@ def _decode_generative(args: argparse.Namespace, checkpoint, cadc_file, output: 
             "sd_turbo.safetensors) or --sd-turbo tiny-random; use --aux-only for the light preview decoder"
         )
     header = cadc_file.header
-    if header.hints.timestep not in (None, TIMESTEP):
-        raise CliError(
-            f"this file asks for a denoising timestep of {header.hints.timestep}; this decoder runs t = {TIMESTEP}"
-        )
     codec = checkpoint.codec
-    caption = not args.no_caption and codec.g_aux is not None
-    decoded = decode_file(codec, cadc_file, aux=caption, max_pixels=getattr(args, "max_pixels", MAX_DECODE_PIXELS))
+    plan = plan_decode(
+        header.hints,
+        codec.config,
+        captioner=args.blip is not None,
+        opt_out=args.no_caption,
+        how_to_caption="pass --blip PATH, or --no-caption to silence this",
+    )
+    if plan.warning:
+        warnings.warn(plan.warning, stacklevel=1)
+    decoded = decode_file(codec, cadc_file, aux=plan.caption, max_pixels=getattr(args, "max_pixels", MAX_DECODE_PIXELS))
     decoder = GenerativeDecoder.from_sources(
         sd_turbo=args.sd_turbo,
-        blip=args.blip if caption else None,
+        blip=args.blip if plan.caption else None,
         latent_channels=codec.config.latent_channels,
         adapter_state=checkpoint.adapter_state or None,
         adapter_config=checkpoint.adapter_config,
-        caption=caption,
+        caption=plan.caption,
         device=args.device,
-        fixed_prompt=header.hints.fixed_prompt or codec.config.fixed_prompt,
+        tile_latent=plan.tiling.tile,
+        tile_overlap=plan.tiling.overlap,
+        tile_above=plan.tiling.above,
+        fixed_prompt=plan.fixed_prompt,
         low_memory=True,  # one decode per process: BLIP and the text encoder need not stay
     )
-    result = decoder.decode(decoded.latent.l_T, decoded.latent.x_aux, out_hw=(header.height, header.width))
+    # BLIP describes x̂_aux cropped to the original size, as the CADC Caption node does
+    result = decoder.decode(decoded.latent.l_T, decoded.x_aux, out_hw=(header.height, header.width))
     save_image(result.image, output, channels=header.channels, bit_depth=header.bit_depth)
     return {
         "mode": "generative",
@@ -123,6 +144,11 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
         payload_bytes=cadc_file.payload_bytes,
         bpp=cadc_file.bpp,
     )
+    try:  # the model `cadc decompress` would use without --model
+        info["model"] = _find_file_model(cadc_file.header).source
+    except ModelNotFoundError as error:
+        info["model"] = None
+        info["model_error"] = str(error)
     return info
 
 
@@ -174,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--model",
             default=None,
-            help=f"CADC checkpoint (.safetensors) or '{TINY_RANDOM}'; default: the shipped model",
+            help=f"CADC checkpoint (.safetensors) or '{TINY_RANDOM}'; default: compress uses the shipped "
+            "model, decompress the checkpoint whose weights hash the file names (shipped models/, "
+            "ComfyUI's models/cadc, tiny-random)",
         )
         p.add_argument("--device", default="cpu", help="torch device for the networks (default: cpu)")
         p.add_argument("--json", action="store_true", help="print a JSON report on stdout")

@@ -14,7 +14,6 @@ carry is sha256 over the ``codec.*`` tensors (see :func:`weights_hash`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import weakref
@@ -28,12 +27,29 @@ from safetensors.torch import save_file
 
 from .config import CodecConfig, get_preset
 from .model import CADCCodec, tensor_key
+from .model_lookup import DEFAULT_MODEL_FILE, PACKAGE_MODELS_DIR, TINY_RANDOM, state_hash
 
 FORMAT_VERSION = "1"
-TINY_RANDOM = "tiny-random"
 TINY_RANDOM_SEED = 20260225
-PACKAGE_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL_FILE = "cadc-tiny.safetensors"
+TINY_RANDOM_CONFIG = get_preset("tiny").replace(name=TINY_RANDOM, rate_tag="random")
+"""``tiny-random``'s config: the ``tiny`` preset under its own name, so its model id
+(``cadc-tiny-random``) is never that of a trained ``tiny``-sized model."""
+
+__all__ = [
+    "DEFAULT_MODEL_FILE",
+    "FORMAT_VERSION",
+    "PACKAGE_MODELS_DIR",
+    "TINY_RANDOM",
+    "TINY_RANDOM_CONFIG",
+    "Checkpoint",
+    "CheckpointError",
+    "build_tiny_random",
+    "default_model_path",
+    "load_checkpoint",
+    "load_codec",
+    "save_codec",
+    "weights_hash",
+]
 
 
 class CheckpointError(ValueError):
@@ -62,24 +78,20 @@ def weights_hash(codec: CADCCodec) -> bytes:
     cached = _HASH_CACHE.get(codec)
     if cached is not None and cached[0] == key:
         return cached[1]
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    _HASH_CACHE[codec] = (key, digest.digest())
-    return digest.digest()
+    digest = state_hash(state)
+    _HASH_CACHE[codec] = (key, digest)
+    return digest
 
 
 def build_tiny_random(config: CodecConfig | None = None, seed: int = TINY_RANDOM_SEED) -> CADCCodec:
-    """A deterministic, seeded, untrained codec (``tiny`` preset unless ``config`` is given).
+    """A deterministic, seeded, untrained codec (:data:`TINY_RANDOM_CONFIG` unless ``config`` is given).
 
     For tests and demos only: it reconstructs noise-like images, but its bitstreams are real.
     """
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        codec = CADCCodec(config or get_preset("tiny").replace(rate_tag="random"))
+        codec = CADCCodec(config or TINY_RANDOM_CONFIG)
     finally:
         torch.random.set_rng_state(generator_state)
     codec.update(force=True)

@@ -3,10 +3,15 @@
 Data flow in a graph (custom types in capitals, stock ComfyUI nodes in brackets)::
 
     [Load Image] → Encode to Bitstream → CADC_BITSTREAM → Save CADC (.cadc in output/)
-    Load CADC ───────────────────────────┘ └→ Decode Latent → CADC_LATENT
-    CADC_LATENT → Aux Reconstruct → IMAGE → Caption → STRING → [CLIP Text Encode] → CONDITIONING
+    Load CADC (.cadc + the codec found by its weights hash) → Decode Latent → CADC_LATENT
+    CADC_LATENT → Aux Reconstruct → IMAGE (the light preview)
+    CADC_LATENT (+ Load CADC Captioner) → Caption → one prompt per file → [CLIP Text Encode]
     [Load Checkpoint] MODEL + CONDITIONING + CADC_LATENT → One-Step Denoise → LATENT
     → [VAE Decode] → Crop to Original Size → [Save Image]
+
+Importing the pack registers the ``cadc``/``blip`` model folders and copies the templates' sample
+inputs into ComfyUI's input folder; the codec core, diffusers and transformers load only when a
+node runs.
 """
 
 from . import host
@@ -23,6 +28,7 @@ from .codec_nodes import (
 from .denoise_node import OneStepDenoise
 
 host.register_model_folders()
+host.install_sample_inputs()
 
 _NODES = {
     "CADCLoadCodec": (LoadCodec, "Load CADC Codec"),

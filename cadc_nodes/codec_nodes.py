@@ -4,22 +4,30 @@ Custom types passed between nodes:
 
 * ``CADC_CODEC`` — a :class:`cadc.weights.Checkpoint` (the codec plus its denoiser adapter);
 * ``CADC_BITSTREAM`` — a list of :class:`cadc.container.CadcFile`, one per image;
-* ``CADC_LATENT`` — a list of :class:`cadc.codec_io.DecodedImage` (l_T and x̂_aux), one per file.
+* ``CADC_LATENT`` — :class:`DecodedFiles`: l_T and x̂_aux of each file, and the checkpoint that
+  decoded them (Caption and One-Step Denoise read the codec's defaults and adapter from it).
+
+The codec core (compressai) is imported when a node first runs, not when ComfyUI starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from cadc.codec_io import DecodedImage, check_decode_size, decode_file, encode_tensor
 from cadc.container import CadcFile, read_cadc, write_cadc
-from cadc.weights import DEFAULT_MODEL_FILE, TINY_RANDOM, Checkpoint, load_checkpoint
+from cadc.model_lookup import DEFAULT_MODEL_FILE, TINY_RANDOM, ModelMatch, find_model
 
 from . import host
+
+if TYPE_CHECKING:
+    from cadc.codec_io import DecodedImage
+    from cadc.weights import Checkpoint
 
 CATEGORY = "CADC"
 CODEC = "CADC_CODEC"
@@ -27,29 +35,50 @@ BITSTREAM = "CADC_BITSTREAM"
 LATENT = "CADC_LATENT"
 CADC_SUFFIX = ".cadc"
 
-_CODEC_CACHE: dict[tuple[str, int, int], Checkpoint] = {}
-_CODEC_CACHE_SIZE = 2
+
+@dataclass(frozen=True)
+class DecodedFiles:
+    """``CADC_LATENT``: the decoded files and the checkpoint that decoded them.
+
+    Attributes:
+        images: one :class:`cadc.codec_io.DecodedImage` per file (l_T at the padded size, x̂_aux
+            cropped to the original size, the header).
+        checkpoint: the files' codec and its denoiser adapter.
+    """
+
+    images: list[DecodedImage]
+    checkpoint: Checkpoint
 
 
 def codec_choices() -> list[str]:
-    """``tiny-random`` and the checkpoints in the ``cadc`` model folders (the shipped one first)."""
+    """The checkpoints in the ``cadc`` model folders (the best shipped one first), then ``tiny-random``."""
     files = host.folder_paths().get_filename_list(host.CODEC_FOLDER)
     ordered = sorted(files, key=lambda name: (name != DEFAULT_MODEL_FILE, name))
     return [*ordered, TINY_RANDOM]
 
 
-def load_cached_checkpoint(source: str) -> Checkpoint:
-    """Load ``tiny-random`` or a checkpoint path, reusing the last few loads (keyed by mtime/size)."""
-    if source == TINY_RANDOM:
-        key = (source, 0, 0)
-    else:
-        stat = os.stat(source)
-        key = (os.path.realpath(source), stat.st_mtime_ns, stat.st_size)
-    if key not in _CODEC_CACHE:
-        while len(_CODEC_CACHE) >= _CODEC_CACHE_SIZE:
-            _CODEC_CACHE.pop(next(iter(_CODEC_CACHE)))
-        _CODEC_CACHE[key] = load_checkpoint(source)
-    return _CODEC_CACHE[key]
+def load_codec_checkpoint(source: str) -> Checkpoint:
+    """Load ``tiny-random`` or a checkpoint path (a fresh copy: ComfyUI's node cache keeps it)."""
+    from cadc.weights import load_checkpoint
+
+    return load_checkpoint(source)
+
+
+def find_file_model(cadc_file: CadcFile) -> ModelMatch:
+    """The checkpoint in ComfyUI's ``cadc`` folders (or ``tiny-random``) the file was made with.
+
+    Raises:
+        ModelNotFoundError: one line naming the model id, the weights hash and where to put it.
+    """
+    header = cadc_file.header
+    paths = host.folder_paths()
+    where = os.path.join(paths.models_dir, host.CODEC_FOLDER)
+    return find_model(
+        header.model_id,
+        header.weights_sha256,
+        paths.get_folder_paths(host.CODEC_FOLDER),
+        f"put the checkpoint the file was made with into {where}",
+    )
 
 
 def image_to_tensor(image: torch.Tensor) -> torch.Tensor:
@@ -111,8 +140,9 @@ class LoadCodec:
     """Load CADC Codec."""
 
     DESCRIPTION = (
-        "Loads a CADC codec checkpoint (.safetensors) from models/cadc or the pack's models/ folder. "
-        "'tiny-random' is an untrained test codec: its files are real but its images are noise."
+        "Loads a CADC codec checkpoint (.safetensors) from models/cadc or the pack's models/ folder "
+        f"({DEFAULT_MODEL_FILE} is the best shipped model). 'tiny-random' is an untrained test codec: "
+        "its files are real but its images are noise."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = (CODEC,)
@@ -126,17 +156,15 @@ class LoadCodec:
             "required": {
                 "codec_name": (
                     codec_choices(),
-                    {"tooltip": "Checkpoint in models/cadc (or the shipped default), or 'tiny-random'."},
+                    {"tooltip": "Checkpoint in models/cadc (or the shipped models), or 'tiny-random'."},
                 )
             }
         }
 
     def load(self, codec_name: str) -> tuple[Checkpoint]:
         if codec_name == TINY_RANDOM:
-            return (load_cached_checkpoint(TINY_RANDOM),)
-        return (
-            load_cached_checkpoint(host.folder_paths().get_full_path_or_raise(host.CODEC_FOLDER, codec_name)),
-        )
+            return (load_codec_checkpoint(TINY_RANDOM),)
+        return (load_codec_checkpoint(host.folder_paths().get_full_path_or_raise(host.CODEC_FOLDER, codec_name)),)
 
 
 class EncodeBitstream:
@@ -162,6 +190,8 @@ class EncodeBitstream:
         }
 
     def encode(self, codec: Checkpoint, image: torch.Tensor) -> dict:
+        from cadc.codec_io import encode_tensor
+
         x = image_to_tensor(image)
         progress = host.progress_bar(x.shape[0])
         files: list[CadcFile] = []
@@ -226,13 +256,17 @@ class LoadBitstream:
     """Load CADC."""
 
     DESCRIPTION = (
-        "Reads a .cadc file from ComfyUI's input folder. Use the upload button (or drop a file on the "
-        "node) to copy a .cadc file there."
+        "Reads a .cadc file from ComfyUI's input folder and loads the codec it was made with, found by "
+        "the weights hash in its header among the checkpoints in models/cadc (and tiny-random). Use the "
+        "upload button (or drop a file on the node) to copy a .cadc file there."
     )
     CATEGORY = CATEGORY
-    RETURN_TYPES = (BITSTREAM,)
-    RETURN_NAMES = ("bitstream",)
-    OUTPUT_TOOLTIPS = ("The file's bitstream; connect to Decode Latent.",)
+    RETURN_TYPES = (BITSTREAM, CODEC)
+    RETURN_NAMES = ("bitstream", "codec")
+    OUTPUT_TOOLTIPS = (
+        "The file's bitstream; connect to Decode Latent.",
+        "The codec the file was made with (found by its weights hash); connect to Decode Latent.",
+    )
     FUNCTION = "load"
 
     @classmethod
@@ -248,10 +282,15 @@ class LoadBitstream:
         }
 
     def load(self, cadc_file: str) -> dict:
+        from cadc.codec_io import check_decode_size
+
         path = input_file_path(cadc_file)
         loaded = read_cadc(path)
         check_decode_size(loaded.header)  # a tiny file claiming a huge image stops here
-        return {"ui": {"cadc_info": [describe(loaded, os.path.getsize(path))]}, "result": ([loaded],)}
+        match = find_file_model(loaded)
+        checkpoint = load_codec_checkpoint(match.source)
+        lines = [describe(loaded, os.path.getsize(path)), f"model: {Path(match.source).name}"]
+        return {"ui": {"cadc_info": lines}, "result": ([loaded], checkpoint)}
 
     @classmethod
     def IS_CHANGED(cls, cadc_file: str) -> str:
@@ -284,7 +323,7 @@ class DecodeLatent:
     CATEGORY = CATEGORY
     RETURN_TYPES = (LATENT,)
     RETURN_NAMES = ("cadc_latent",)
-    OUTPUT_TOOLTIPS = ("l_T and x̂_aux per file; connect to Aux Reconstruct and One-Step Denoise.",)
+    OUTPUT_TOOLTIPS = ("l_T and x̂_aux per file; connect to Aux Reconstruct, Caption and One-Step Denoise.",)
     FUNCTION = "decode"
 
     @classmethod
@@ -299,15 +338,17 @@ class DecodeLatent:
             }
         }
 
-    def decode(self, codec: Checkpoint, bitstream: list[CadcFile]) -> tuple[list[DecodedImage]]:
+    def decode(self, codec: Checkpoint, bitstream: list[CadcFile]) -> tuple[DecodedFiles]:
+        from cadc.codec_io import decode_file
+
         progress = host.progress_bar(len(bitstream))
-        host.load_managed(codec.codec)  # g_s and g_aux run on ComfyUI's device; the entropy path stays on the CPU
+        host.load_small_model(codec, codec.codec)  # g_s, g_aux on ComfyUI's device; entropy path on the CPU
         decoded = []
         for cadc_file in bitstream:
             host.check_interrupted()
             decoded.append(decode_file(codec.codec, cadc_file))
             progress.update(1)
-        return (decoded,)
+        return (DecodedFiles(decoded, codec),)
 
 
 class AuxReconstruct:
@@ -327,10 +368,10 @@ class AuxReconstruct:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {"cadc_latent": (LATENT, {"tooltip": "Output of Decode Latent."})}}
 
-    def reconstruct(self, cadc_latent: list[DecodedImage]) -> tuple[torch.Tensor]:
-        if any(d.x_aux is None for d in cadc_latent):
+    def reconstruct(self, cadc_latent: DecodedFiles) -> tuple[torch.Tensor]:
+        if any(d.x_aux is None for d in cadc_latent.images):
             raise ValueError("CADC: this codec has no auxiliary decoder (config aux=False)")
-        return (tensor_to_image(_same_size_batch([d.x_aux for d in cadc_latent], "auxiliary images")),)
+        return (tensor_to_image(_same_size_batch([d.x_aux for d in cadc_latent.images], "auxiliary images")),)
 
 
 class CropToOriginal:
@@ -355,9 +396,9 @@ class CropToOriginal:
             }
         }
 
-    def crop(self, image: torch.Tensor, cadc_latent: list[DecodedImage]) -> tuple[torch.Tensor]:
-        heights = {d.header.height for d in cadc_latent}
-        widths = {d.header.width for d in cadc_latent}
+    def crop(self, image: torch.Tensor, cadc_latent: DecodedFiles) -> tuple[torch.Tensor]:
+        heights = {d.header.height for d in cadc_latent.images}
+        widths = {d.header.width for d in cadc_latent.images}
         if len(heights) > 1 or len(widths) > 1:
             raise ValueError("CADC: cannot crop a batch whose files have different sizes")
         height, width = heights.pop(), widths.pop()

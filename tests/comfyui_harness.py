@@ -1,15 +1,21 @@
-"""Helpers for tests against a real ComfyUI: find the checkout, run a server, convert workflows.
+"""Helpers for tests against a real ComfyUI: find the checkout, run a server, convert workflows,
+drive the frontend.
 
 The checkout is taken from ``COMFYUI_PATH`` or ``~/comfy/ComfyUI``. The server runs on 127.0.0.1
 on a free port, on the CPU, with its own temporary base directory (models, input, output,
 custom_nodes, user) and an in-memory database, so nothing is written into the checkout.
+
+Where no checkout (or no chromium) is found these tests skip; ``tests/conftest.py`` then ends the
+run with one line counting them, and fails the run when the environment variable ``CI`` is set.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -64,11 +70,15 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    """A ComfyUI server process with the pack linked into its custom_nodes folder."""
+    """A ComfyUI server process with the pack linked into its custom_nodes folder.
 
-    def __init__(self, comfy_dir: Path, base_dir: Path) -> None:
+    ``extra_args`` are added to ComfyUI's command line (e.g. ``--extra-model-paths-config``).
+    """
+
+    def __init__(self, comfy_dir: Path, base_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.comfy_dir = comfy_dir
         self.base_dir = base_dir
+        self.extra_args = extra_args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base_dir / "comfyui.log"
@@ -96,7 +106,7 @@ class ComfyServer:
         command = [
             sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
-            "--disable-auto-launch", "--disable-api-nodes",
+            "--disable-auto-launch", "--disable-api-nodes", *self.extra_args,
         ]  # fmt: skip
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -110,7 +120,7 @@ class ComfyServer:
                 self.get_json("/system_stats")
                 return
             except OSError:
-                time.sleep(0.5)
+                time.sleep(0.5)  # polling interval while waiting for the server to answer
         raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
@@ -129,8 +139,11 @@ class ComfyServer:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def get_json(self, path: str) -> Any:
+        return json.loads(self.get_bytes(path))
+
+    def get_bytes(self, path: str) -> bytes:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            return json.loads(response.read())
+            return response.read()
 
     def post_json(self, path: str, body: Any) -> Any:
         request = urllib.request.Request(
@@ -158,7 +171,7 @@ class ComfyServer:
                     messages = json.dumps(status.get("messages"), indent=1)[-4000:]
                     raise RuntimeError(f"prompt failed: {messages}\n{self.log_tail(3000)}")
                 return entry
-            time.sleep(0.25)
+            time.sleep(0.25)  # polling interval of /history
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s:\n{self.log_tail()}")
 
 
@@ -227,3 +240,33 @@ def frontend_page(server: ComfyServer, viewport: tuple[int, int] = (1600, 1000))
             yield page
         finally:
             browser.close()
+
+
+def next_frames(page: Page, frames: int = 2) -> None:
+    """Wait until the page has drawn ``frames`` more animation frames (the canvas is up to date)."""
+    page.evaluate(
+        "(n) => new Promise((done) => { const step = (k) => k ? requestAnimationFrame(() => step(k - 1)) : done();"
+        " step(n); })",
+        frames,
+    )
+
+
+def checkpoint_with_metadata(source: Path, target: Path, metadata: dict[str, str]) -> Path:
+    """Copy a ``.safetensors`` file, adding ``metadata`` to its header; the tensor bytes are copied as is.
+
+    Used to give the random SD 2.x checkpoint ComfyUI loads the diffusers configs that the CLI's
+    single-file loader needs for its non-SD-Turbo sizes, so both decode from the same file.
+    """
+    with open(source, "rb") as src:
+        (header_len,) = struct.unpack("<Q", src.read(8))
+        header = json.loads(src.read(header_len))
+        header["__metadata__"] = {**header.get("__metadata__", {}), **metadata}
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        temporary = target.with_name(f".{target.name}.tmp")
+        with open(temporary, "wb") as dst:
+            dst.write(struct.pack("<Q", len(encoded)))
+            dst.write(encoded)
+            shutil.copyfileobj(src, dst, 16 << 20)
+    os.replace(temporary, target)
+    return target

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def test_compress_info_decompress_round_trip(capsys, tmp_path, photo):
     code, out, _ = run_cli(capsys, "info", str(cadc_path))
     info = json.loads(out)
     assert code == 0 and (info["width"], info["height"]) == (131, 97)
-    assert info["model_id"] == "cadc-tiny"
+    assert info["model_id"] == "cadc-tiny-random" and info["model"] == "tiny-random"
 
     code, _, _ = run_cli(capsys, "decompress", str(cadc_path), "-o", str(png_path), "--aux-only", *TINY)
     assert code == 0
@@ -97,6 +98,52 @@ def test_wrong_model_names_both(capsys, tmp_path, photo):
     )
     assert code == 1
     assert "cadc-tiny" in err and "cadc-tiny-b" in err
+
+
+def test_without_model_decompress_and_info_find_the_files_model_by_its_hash(capsys, tmp_path, photo):
+    """A tiny-random file and one made with the shipped model decode without --model; a file from
+    a model nowhere to be found is one line naming its id, its hash and where to put it."""
+    from cadc.config import get_preset
+    from cadc.model_lookup import DEFAULT_MODEL_FILE, PACKAGE_MODELS_DIR
+    from cadc.weights import build_tiny_random, save_codec, weights_hash
+
+    for model, expected in ((TINY[1], "tiny-random"), (None, str(PACKAGE_MODELS_DIR / DEFAULT_MODEL_FILE))):
+        cadc_path = tmp_path / "a.cadc"
+        run_cli(capsys, "compress", str(photo), "-o", str(cadc_path), *(("--model", model) if model else ()))
+        aux_only = ("-o", str(tmp_path / "a.png"), "--aux-only", "--json")
+        code, out, _ = run_cli(capsys, "decompress", str(cadc_path), *aux_only)
+        assert code == 0 and json.loads(out)["model"] == expected
+        assert json.loads(run_cli(capsys, "info", str(cadc_path))[1])["model"] == expected
+
+    unknown = build_tiny_random(get_preset("tiny").replace(name="elsewhere"), seed=3)
+    save_codec(tmp_path / "elsewhere.safetensors", unknown)
+    elsewhere = ("--model", str(tmp_path / "elsewhere.safetensors"))
+    run_cli(capsys, "compress", str(photo), "-o", str(tmp_path / "u.cadc"), *elsewhere)
+    code, _, err = run_cli(capsys, "decompress", str(tmp_path / "u.cadc"), "-o", str(tmp_path / "u.png"), "--aux-only")
+    assert code == 1 and err.count("\n") == 1 and not (tmp_path / "u.png").exists()
+    for part in ("'cadc-elsewhere'", weights_hash(unknown).hex(), str(PACKAGE_MODELS_DIR), "--model PATH"):
+        assert part in err
+    info = json.loads(run_cli(capsys, "info", str(tmp_path / "u.cadc"))[1])
+    assert info["model"] is None and weights_hash(unknown).hex() in info["model_error"]
+
+
+def test_generative_decode_warns_once_when_the_file_wants_captions_and_no_captioner_is_given(capsys, tmp_path, photo):
+    cadc_path = tmp_path / "a.cadc"
+    run_cli(capsys, "compress", str(photo), "-o", str(cadc_path), *TINY)
+    generative = ("decompress", str(cadc_path), "-o", str(tmp_path / "g.png"), "--sd-turbo", "tiny-random", "--json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown as the CLI shows them, even when repeated in this process
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )
+        code, out, err = run_cli(capsys, *generative)
+        assert code == 0 and json.loads(out)["caption"] == ""
+        (line,) = [line for line in err.splitlines() if line.startswith("cadc: warning:")]
+        assert "Salesforce/blip-image-captioning-base" in line and "--blip" in line
+        for extra in (("--no-caption",), ("--blip", "tiny-random")):
+            code, out, err = run_cli(capsys, *generative, *extra)
+            assert code == 0 and "cadc: warning:" not in err, extra
+        assert json.loads(out)["caption"] and json.loads(out)["prompt"].startswith(json.loads(out)["caption"])
 
 
 def test_missing_inputs_are_one_line_errors(capsys, tmp_path):
