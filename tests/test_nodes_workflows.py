@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -68,6 +69,7 @@ def load(name: str) -> dict:
 def builder():
     spec = importlib.util.spec_from_file_location("build_templates", REPO_ROOT / "workflows" / "build_templates.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
