@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 
+from tests import compressai_hiding, hygiene  # first: caches/bytecode redirected, CADC_HIDE_COMPRESSAI applied
+
+# isort: split
 import numpy as np
 import pytest
 import torch
 
+from cadc.entropy import entropy_coder_description
 from cadc.model import CADCCodec
 from cadc.weights import build_tiny_random
 
@@ -92,6 +96,15 @@ def _real_comfyui_line() -> str | None:
     )
     reasons = f" ({'; '.join(_real_comfyui_reasons)})" if _real_comfyui_reasons else ""
     return f"CADC real-ComfyUI tests: {counts}{reasons}"
+
+
+def pytest_report_header() -> str:
+    hidden = " (compressai hidden: CADC_HIDE_COMPRESSAI=1)" if compressai_hiding.requested() else ""
+    return f"cadc entropy coder: {entropy_coder_description()}{hidden}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(hygiene.TreeGuard(), "cadc-tree-guard")
 
 
 @pytest.hookimpl(trylast=True)

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -282,11 +281,15 @@ def huge_claim(tmp_path, tiny_codec) -> Path:
     return path
 
 
-def test_tiny_file_claiming_a_huge_image_is_refused_at_once_by_the_cli(capsys, tmp_path, huge_claim):
+def test_tiny_file_claiming_a_huge_image_is_refused_by_the_cli_before_decoding(
+    capsys, tmp_path, huge_claim, monkeypatch
+):
+    def decode(*args, **kwargs):
+        raise AssertionError("the decoder ran on a file claiming 2**28 pixels")
+
+    monkeypatch.setattr(CADCCodec, "decompress", decode)
     output = tmp_path / "out.png"
-    start = time.perf_counter()
     code, _, err = run_cli(capsys, "decompress", str(huge_claim), "-o", str(output), "--aux-only", *TINY)
-    assert time.perf_counter() - start < 10
     assert code == 1 and err.startswith("cadc: error:") and err.count("\n") == 1
     assert "decode limit" in err and "--max-pixels" in err
     assert not output.exists()
