@@ -5,12 +5,14 @@
 OpenCLIP-H text tower (24 × 1024) at their fixed sizes, refusing tensors of other shapes. This file
 keeps those fixed sizes and shrinks what ComfyUI reads from the weights: a one-level UNet (320
 channels, one res block, one transformer block) with 1024-d cross-attention. Weights are seeded
-random float16 (about 0.9 GB), written once into a cache folder and reused.
+random float16 (about 0.9 GB), written once per test run into ``$CADC_TEST_CACHE`` (tests/hygiene.py
+points it at the run's temporary folder; set it to a folder of your own to keep the file).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -70,7 +72,7 @@ def comfy_unet() -> UNet2DConditionModel:
 
 def comfy_sd2_checkpoint(cache_dir: Path | None = None) -> Path:
     """Path of the cached checkpoint, written on first use (about 20 s on 2 cores)."""
-    cache = cache_dir or Path(os.environ.get("CADC_TEST_CACHE", Path.home() / ".cache" / "cadc-tests"))
+    cache = cache_dir or Path(os.environ.get("CADC_TEST_CACHE", Path(tempfile.gettempdir()) / "cadc-tests"))
     path = cache / f"comfy-sd2-random-v{VERSION}.safetensors"
     if path.is_file():
         return path

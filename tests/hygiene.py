@@ -81,7 +81,7 @@ def tree_status() -> list[str] | None:
     """``git status --porcelain --ignored`` lines outside IGNORED, or None outside a git work tree."""
     try:
         out = subprocess.run(
-            ["git", "status", "--porcelain", "--ignored"],
+            ["git", "--no-optional-locks", "status", "--porcelain", "--ignored"],  # never takes index.lock
             cwd=ROOT, capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
