@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import sys
 import time
 import warnings
@@ -19,6 +18,7 @@ from typing import Any
 from . import __version__
 from .codec_io import MAX_DECODE_PIXELS, check_decode_size, decode_file, encode_image
 from .container import CadcFormatError, CadcHeader, header_to_json, read_cadc, write_cadc
+from .entropy import entropy_coder_description
 from .evaluation.cli import register as register_eval
 from .images import ImageError, load_image, save_image
 from .model_lookup import ModelMatch, ModelNotFoundError, cli_model_folders, cli_put_it, find_model
@@ -33,8 +33,13 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _peak_rss_mib() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows: no peak-RSS query in the standard library
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -143,6 +148,7 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
         header_bytes=cadc_file.header_bytes,
         payload_bytes=cadc_file.payload_bytes,
         bpp=cadc_file.bpp,
+        entropy_coder=entropy_coder_description(),
     )
     try:  # the model `cadc decompress` would use without --model
         info["model"] = _find_file_model(cadc_file.header).source
@@ -192,7 +198,9 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cadc", description="CADC generative image codec")
-    parser.add_argument("--version", action="version", version=f"cadc {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"cadc {__version__}; entropy coder: {entropy_coder_description()}"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -8,18 +8,62 @@ zero-mean integer CDF of table entry σ̂. This is what keeps ``bits_actual`` wi
 a percent of ``bits_estimated`` at the very low rates CADC runs at.
 
 ``StreamEncoder``/``StreamDecoder`` put every symbol of one image — ẑ first, then the four
-quadtree steps of ŷ — into one rANS stream (CompressAI's C++ coder), so an image pays the 32-bit
-flush of the coder once.
+quadtree steps of ŷ — into one rANS stream, so an image pays the 32-bit flush of the coder once.
+Two coders write the same bytes (:func:`entropy_coder` picks one): CompressAI's C++ coder when
+compressai imports, else :mod:`cadc.rans` (pure Python + numpy); ``CADC_ENTROPY_CODER=python`` or
+``=compressai`` forces one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
-from ._compressai import BufferedRansEncoder, EntropyBottleneck, GaussianConditional, RansDecoder
+from . import rans
+from ._compressai import (
+    COMPRESSAI_ERROR,
+    BufferedRansEncoder,
+    EntropyBottleneck,
+    GaussianConditional,
+    RansDecoder,
+)
+
+CODER_ENV = "CADC_ENTROPY_CODER"
+"""Environment variable forcing the rANS coder: ``python`` or ``compressai`` (unset/``auto``: the fastest)."""
+CODERS = ("compressai", "python")
+
+
+def entropy_coder() -> str:
+    """The coder ``StreamEncoder``/``StreamDecoder`` use now: ``"compressai"`` or ``"python"``.
+
+    CompressAI's C++ coder when it imports, else the pure-Python one; :data:`CODER_ENV` forces
+    either (read on every call). Both write and read the same bytes.
+    """
+    choice = os.environ.get(CODER_ENV, "").strip().lower()
+    if choice in ("", "auto"):
+        return "compressai" if COMPRESSAI_ERROR is None else "python"
+    if choice not in CODERS:
+        raise ValueError(f"{CODER_ENV}={choice!r}: use python, compressai or auto")
+    if choice == "compressai" and COMPRESSAI_ERROR is not None:
+        raise RuntimeError(f"{CODER_ENV}=compressai, but compressai does not import here ({COMPRESSAI_ERROR})")
+    return choice
+
+
+def entropy_coder_description() -> str:
+    """One line for ``cadc info``/``--version``: the coder in use and why."""
+    try:
+        coder = entropy_coder()
+    except (ValueError, RuntimeError) as error:
+        return f"unusable: {error}"
+    forced = f", forced by {CODER_ENV}" if os.environ.get(CODER_ENV, "").strip().lower() in CODERS else ""
+    if coder == "compressai":
+        return f"compressai (C++ rANS{forced})"
+    reason = forced.removeprefix(", ") or f"compressai not importable: {COMPRESSAI_ERROR}"
+    return f"python (pure-Python rANS, same bytes; {reason})"
 
 
 def scale_table(scale_min: float, scale_max: float, num_scales: int) -> list[float]:
@@ -75,6 +119,11 @@ class CdfTables:
             model._offset.reshape(-1).int().tolist(),
         )
 
+    @cached_property
+    def table_set(self) -> rans.CdfTableSet:
+        """The tables as the pure-Python coder takes them (validated once)."""
+        return rans.CdfTableSet(self.cdfs, self.lengths, self.offsets)
+
 
 CODER_PRECISION = 16
 """Bits of the rANS coder's probability scale (CDF tables sum to 2**16)."""
@@ -104,37 +153,80 @@ def escape_bits(symbols: torch.Tensor, indexes: torch.Tensor, tables: CdfTables)
 
 
 class StreamEncoder:
-    """Collects (symbol, table index) runs from several entropy models into one rANS stream."""
+    """Collects (symbol, table index) runs from several entropy models into one rANS stream.
 
-    def __init__(self) -> None:
-        self._encoder = BufferedRansEncoder()
+    ``coder``: ``"compressai"`` or ``"python"``; default :func:`entropy_coder`. A symbol the coder
+    cannot represent (an escape of more than 7 nibbles, |symbol| ≳ 2²⁷) raises ``ValueError``.
+    """
+
+    def __init__(self, coder: str | None = None) -> None:
+        self.coder = coder or entropy_coder()
+        self._encoder = BufferedRansEncoder() if self.coder == "compressai" else rans.RansEncoder()
 
     def encode(self, symbols: torch.Tensor, indexes: torch.Tensor, tables: CdfTables) -> None:
-        self._encoder.encode_with_indexes(
-            symbols.reshape(-1).int().tolist(), indexes.reshape(-1).int().tolist(),
-            tables.cdfs, tables.lengths, tables.offsets,
-        )
+        symbols = symbols.reshape(-1).int().numpy()
+        indexes = indexes.reshape(-1).int().numpy()
+        if self.coder == "compressai":
+            rans.check_symbols(symbols, indexes, tables.lengths, tables.offsets)  # C++ would loop forever
+            self._encoder.encode_with_indexes(
+                symbols.tolist(), indexes.tolist(), tables.cdfs, tables.lengths, tables.offsets
+            )
+        else:
+            self._encoder.encode_with_indexes(symbols, indexes, tables.table_set)
 
     def finish(self) -> bytes:
         return self._encoder.flush()
 
 
 class StreamDecoder:
-    """Reads the runs back in the order they were written.
+    """Reads the runs back in the order they were written, from any bytes, within bounded memory.
+
+    Bytes past the longest stream ``symbol_count`` symbols can make (:func:`max_stream_bytes`)
+    are ignored: a valid stream never reaches them, and this bounds the work and memory a crafted
+    one can cause.
 
     CompressAI's C++ decoder does not bounds-check its reads. A valid stream never reads past
     its end, but a crafted or damaged one (the container's CRC rejects accidental damage first)
-    could; the stream is therefore followed by zero padding sized for the symbol count, so that
-    every read stays inside the buffer: each symbol renormalises by at most one 32-bit word, and
-    an escape run stops at the first zero nibble group it reads.
+    can; the stream is therefore followed by zero padding (:func:`cpp_padding`) so that the reads
+    stay inside the buffer. The pure-Python decoder reads words past the end as zeros, which gives
+    the same symbols.
     """
 
-    def __init__(self, data: bytes, symbol_count: int) -> None:
-        self._decoder = RansDecoder()
-        self._decoder.set_stream(data + bytes(16 * symbol_count + 4096))
+    def __init__(self, data: bytes, symbol_count: int, coder: str | None = None) -> None:
+        self.coder = coder or entropy_coder()
+        data = data[: max_stream_bytes(symbol_count)]
+        if self.coder == "compressai":
+            self._decoder = RansDecoder()
+            self._decoder.set_stream(data + bytes(cpp_padding(len(data), symbol_count)))
+        else:
+            self._decoder = rans.RansDecoder()
+            self._decoder.set_stream(data)
 
     def decode(self, indexes: torch.Tensor, tables: CdfTables) -> torch.Tensor:
-        values = self._decoder.decode_stream(
-            indexes.reshape(-1).int().tolist(), tables.cdfs, tables.lengths, tables.offsets
-        )
+        flat = indexes.reshape(-1).int()
+        if self.coder == "compressai":
+            values = self._decoder.decode_stream(flat.tolist(), tables.cdfs, tables.lengths, tables.offsets)
+        else:
+            values = self._decoder.decode_stream(flat.numpy(), tables.table_set)
         return torch.tensor(values, dtype=torch.int64).reshape(indexes.shape)
+
+
+def max_stream_bytes(symbol_count: int) -> int:
+    """Upper bound on the bytes the encoder writes for ``symbol_count`` symbols.
+
+    A symbol costs at most 16 bits (frequency ≥ 1 of 2¹⁶) plus, when escaped, a 4-bit count and
+    at most 7 payload nibbles: 48 bits, 6 bytes (7 are allowed for the coder's rounding); the final
+    state is 8 bytes.
+    """
+    return 7 * symbol_count + 64
+
+
+def cpp_padding(stream_bytes: int, symbol_count: int) -> int:
+    """Zero bytes after a stream that keep the C++ decoder's reads inside its buffer.
+
+    Each symbol renormalises by at most one 32-bit word; an escape's nibble count stops at the
+    first nibble below 15, so only 0xF nibbles from the stream can lengthen it, and each count
+    nibble of 15 adds 15 payload nibbles to read: ≤ 15 bytes read per stream byte. (The fuzz corpus
+    of ``scripts/fuzz_decoder.py`` reads at most a quarter of the per-symbol part.)
+    """
+    return 16 * symbol_count + 16 * stream_bytes + 4096

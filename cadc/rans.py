@@ -87,9 +87,11 @@ class CdfTableSet:
 
 def _as_matrix(cdfs: Sequence[Sequence[int]] | np.ndarray, count: int, width: int) -> np.ndarray:
     """Rows of ``cdfs`` as an int64 [count, width'] array (ragged lists are zero-padded)."""
-    if isinstance(cdfs, np.ndarray) and cdfs.ndim == 2:
-        matrix = cdfs.astype(np.int64, copy=False)
-    else:
+    try:
+        matrix = np.asarray(cdfs, dtype=np.int64)
+    except ValueError:  # ragged rows
+        matrix = np.zeros(0)
+    if matrix.ndim != 2:
         rows = [list(row) for row in cdfs]
         matrix = np.zeros((len(rows), max([width, *map(len, rows)])), dtype=np.int64)
         for i, row in enumerate(rows):
