@@ -4,6 +4,10 @@ Residual blocks follow the GatedCNN design (MambaOut, Yu & Wang 2024), the famil
 transforms use: a 1×1 expansion split into a gate and a value branch, a depthwise 7×7 conv on the
 value branch, the gated product projected back by a 1×1 conv. No normalisation layers: learned
 codecs keep the transforms free of batch statistics so that encode and decode see the same maps.
+
+:func:`checkpointed` runs a sub-network through activation checkpointing when training asks for
+it (``set_gradient_checkpointing`` in :mod:`cadc.transforms`): same outputs and gradients, less
+memory, one more forward pass in backward.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 class GatedBlock(nn.Module):
@@ -26,6 +31,15 @@ class GatedBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.fc1(x).chunk(2, dim=1)
         return x + self.fc2(F.gelu(gate) * self.dwconv(value))
+
+
+def checkpointed(module: nn.Module, x: torch.Tensor, enabled: bool) -> torch.Tensor:
+    """``module(x)``; with ``enabled`` while autograd records, only x is kept for backward and
+    ``module``'s activations are recomputed there (non-reentrant ``torch.utils.checkpoint``, so
+    parameters get gradients even when x needs none). Inference and ``no_grad`` run plainly."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(module, x, use_reentrant=False)
+    return module(x)
 
 
 def downsample(in_channels: int, out_channels: int) -> nn.Module:

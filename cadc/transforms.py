@@ -11,6 +11,10 @@ h_s         ẑ [B, Cz, h/4, w/4]                      hyper context [B, 2·Cy, 
 g_s         ŷ [B, Cy, H/64, W/64]                    l_T [B, Cl, H/8, W/8]
 g_aux       l_T[:, :4] [B, 4, H/8, W/8]              x̂_aux [B, 3, H, W] (unclamped)
 ==========  =======================================  =========================================
+
+g_a, g_s and g_aux can trade compute for memory in training: ``set_gradient_checkpointing(codec,
+True)`` keeps only each stage's input for backward (g_aux: its input) and recomputes the rest.
+Module names, parameters and outputs are unchanged.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import torch
 from torch import nn
 
 from .config import CodecConfig
-from .layers import GatedBlock, Upsample, downsample, stage
+from .layers import GatedBlock, Upsample, checkpointed, downsample, stage
 
 
 class AnalysisTransform(nn.Module):
     """g_a: six stride-2 stages with GatedBlocks, RGB in 0..1 → y at 1/64 resolution."""
+
+    gradient_checkpointing = False
 
     def __init__(self, config: CodecConfig) -> None:
         super().__init__()
@@ -35,12 +41,22 @@ class AnalysisTransform(nn.Module):
             )
         )
 
+    @staticmethod
+    def scale_input(x: torch.Tensor) -> torch.Tensor:
+        """RGB in 0..1 → -1..1, the range the stages take (tiled encoding applies it per tile)."""
+        return x * 2.0 - 1.0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(x * 2.0 - 1.0)
+        x = self.scale_input(x)
+        for block in self.stages:
+            x = checkpointed(block, x, self.gradient_checkpointing)
+        return x
 
 
 class SynthesisTransform(nn.Module):
     """g_s: ŷ at 1/64 → three ×2 sub-pixel stages → l_T at 1/8 (the SD latent grid)."""
+
+    gradient_checkpointing = False
 
     def __init__(self, config: CodecConfig) -> None:
         super().__init__()
@@ -51,7 +67,10 @@ class SynthesisTransform(nn.Module):
         self.head = nn.Conv2d(config.latent_channels, config.latent_channels, 3, padding=1)
 
     def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(y_hat))
+        x = y_hat
+        for block in self.stages:
+            x = checkpointed(block, x, self.gradient_checkpointing)
+        return self.head(x)
 
 
 class HyperAnalysis(nn.Module):
@@ -99,6 +118,8 @@ class AuxDecoder(nn.Module):
     captioner (BFATC) reads it, and ComfyUI users can look at it without running the UNet.
     """
 
+    gradient_checkpointing = False
+
     def __init__(self, config: CodecConfig) -> None:
         super().__init__()
         w = config.aux_widths
@@ -115,4 +136,19 @@ class AuxDecoder(nn.Module):
         )
 
     def forward(self, latent4: torch.Tensor) -> torch.Tensor:
-        return self.net(latent4) * 0.5 + 0.5
+        return checkpointed(self.net, latent4, self.gradient_checkpointing) * 0.5 + 0.5
+
+
+CHECKPOINTED = (AnalysisTransform, SynthesisTransform, AuxDecoder)
+"""The transforms with activations worth recomputing (full- to 1/8-resolution feature maps)."""
+
+
+def set_gradient_checkpointing(module: nn.Module, enabled: bool) -> list[str]:
+    """Switch activation checkpointing of every g_a / g_s / g_aux inside ``module``; returns their
+    names. Only training under autograd is affected; state dicts and outputs are not."""
+    names = []
+    for name, child in module.named_modules():
+        if isinstance(child, CHECKPOINTED):
+            child.gradient_checkpointing = enabled
+            names.append(name)
+    return names

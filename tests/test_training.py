@@ -71,11 +71,11 @@ def test_ablation_presets_switch_the_model(name):
     switches = ABLATIONS[name]
     config = TrainConfig(stage="stage2", sd_turbo="tiny-random", blip="tiny-random", ablation=name)
     codec = CADCCodec(config.codec_config())
-    assert (codec.ugaq is not None) == switches.ugaq == (name != "M0")
-    assert (codec.g_aux is not None) == switches.aux == (name in ("ugaq+adgic", "full"))
-    assert config.effective_aux_weight == (1.0 if switches.aux else 0.0)
+    assert (codec.ugaq is not None) == switches.ugaq == (name not in ("M0", "adgic"))
+    assert (codec.g_aux is not None) == switches.aux == (name in ("adgic", "ugaq+adgic", "full"))
+    assert config.effective_aux_weight == (4.0 if switches.aux else 0.0)  # Stage II d4: 1 on −1..1 images
     assert switches.caption == (name == "full")
-    if name == "M0":  # isotropic rounding: m ≡ 1
+    if not switches.ugaq:  # isotropic rounding: m ≡ 1
         assert torch.equal(codec(make_photo(64, 64))["m"], torch.ones(1, 32, 1, 1))
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from ..config import CodecConfig, get_preset
 
 STAGES = ("codec", "stage1", "stage2")
+FROZEN_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,26 @@ ABLATIONS: dict[str, Ablation] = {
 }
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "codec": {"lambda_rate": 0.02, "lr": 1e-4, "lr_end": 1e-4, "aux_weight": 1.0},
-    "stage1": {"lambda_rate": 0.5, "lr": 1e-4, "lr_end": 1e-4, "aux_weight": 0.0},
-    "stage2": {"lambda_rate": 2.0, "lr": 5e-5, "lr_end": 1e-6, "aux_weight": 1.0},
+    "codec": {
+        "lambda_rate": 0.02, "lr": 1e-4, "lr_end": 1e-4, "aux_weight": 1.0,
+        "aux_stop_gradient": False, "gradient_checkpointing": False, "ema_decay": 0.0,
+    },
+    "stage1": {
+        "lambda_rate": 0.5, "lr": 1e-4, "lr_end": 1e-4, "aux_weight": 4.0,
+        "aux_stop_gradient": True, "gradient_checkpointing": True, "ema_decay": 0.999,
+    },
+    "stage2": {
+        "lambda_rate": 2.0, "lr": 5e-5, "lr_end": 1e-6, "aux_weight": 4.0,
+        "aux_stop_gradient": False, "gradient_checkpointing": True, "ema_decay": 0.999,
+    },
 }
 """Per-stage values of the fields that differ between stages (paper / StableCodec); they fill the
-fields a config leaves at None."""
+fields a config leaves at None.
+
+Stage I trains g_aux with L_aux on a stop-gradient l_T (its own optimizer), so that Stage II's
+first BLIP captions describe a real preview instead of g_aux's random init, while every other
+parameter sees exactly the paper's Stage I loss. aux_weight 4 on 0..1 images is StableCodec's
+convention of weight 1 on −1..1 images (MSE on −1..1 is 4 × MSE on 0..1)."""
 
 
 @dataclass(frozen=True)
@@ -76,10 +91,14 @@ class TrainConfig:
         ablation: a key of :data:`ABLATIONS`.
         init: checkpoint to start from (Stage II starts from Stage I's ``model.safetensors``).
         rate_tag: written into the codec config (``CodecConfig.rate_tag``); default "lambda=<λ>".
-    Losses (R in bits per pixel, MSE on images in 0..1):
+    Losses (R in bits per pixel, MSE on images in 0..1 — StableCodec computes MSE on −1..1 images,
+    which is 4 × ours, so its d1 = 2 is ``mse_weight = 8`` here):
         lambda_rate: λ_base (Stage I) / λ_target (Stage II).
         mse_weight, lpips_weight, clip_weight: d1, d2, d3 on the generative output x̂.
-        aux_weight: d4, weight of MSE(x, x̂_aux); 0 in Stage I, forced to 0 without ADGIC.
+        aux_weight: d4, weight of MSE(x, x̂_aux); forced to 0 without ADGIC.
+        aux_stop_gradient: L_aux reaches g_aux only (l_T detached; g_aux gets its own AdamW and
+            gradient clipping). Stage I default: g_aux learns to preview the latent while the rest
+            trains on the paper's Stage I loss.
         adv_weight: d5, generator's adversarial weight (Stage II).
         lt_weight: optional regulariser mean(l_T²) for the codec-path stage.
     Frozen sources (local paths, or ``tiny-random`` for test stand-ins):
@@ -91,16 +110,34 @@ class TrainConfig:
         weight_decay, grad_clip, aux_lr (quantile optimiser), disc_lr (discriminator heads).
         steps: optimizer steps; batch_size: images per process per micro-step;
         grad_accum: micro-steps per optimizer step (effective batch = batch·accum·world).
-        amp: ``auto`` (bf16 on CUDA, off on CPU), ``bf16`` or ``off``; only the UNet and VAE run
-            under autocast, the codec and its rate stay float32.
+        amp: ``auto`` (bf16 on CUDA, off on CPU), ``bf16`` or ``off``; the frozen networks (UNet,
+            VAE, loss backbones) run under autocast, the codec and its rate stay float32.
+        frozen_dtype: storage dtype of the frozen networks: ``auto`` (the autocast dtype when amp
+            is on, else float32), ``float32``, ``bfloat16`` or ``float16`` (the last two need amp).
+            Trainable parameters and optimizer states are float32 whatever the files hold.
+        gradient_checkpointing: recompute activations of the UNet, the VAE decoder and the codec's
+            g_a / g_s / g_aux in backward (stage1/stage2 default on; codec stage off).
+        ema_decay: exponential moving average of the trained weights (0 = off; stage1/stage2
+            0.999); the EMA weights are what validation scores and ``model.safetensors`` holds.
     Data:
         crop_size: random square crops (multiple of 64); smaller images are replicate-padded.
         holdout: number of images (sorted by name, chosen with ``seed``) kept out of training
             and used for evaluation; ``holdout_names`` names them explicitly instead.
+        val_data: extra validation folders/files (e.g. a CLIC or Kodak folder), never trained on.
         num_workers: DataLoader worker processes per rank.
+    Validation (every ``eval_every`` steps and at the end; images spread over the ranks):
+        val_metrics_weights: folder of ``cadc eval``'s metric backbones (alexnet/vgg16
+            safetensors) for LPIPS-Alex and DISTS; None scores bpp, PSNR and MS-SSIM only.
+        val_tile_above: the UNet and VAE decoder run over 96-latent tiles (overlap 32) when the
+            latent's longer side exceeds this, as the decoder does.
+        dist_timeout_s: collective time-out of the process group (validation, checkpoints and
+            every all-reduce must finish within it on every rank).
     Run:
-        seed, log_every, eval_every, checkpoint_every (steps; 0 = only at the end), threads
-        (torch CPU threads per process; 0 = torch default), device (``auto`` = cuda if present).
+        seed, log_every (tqdm postfix), eval_every, checkpoint_every (steps; 0 = only at the end),
+        keep_checkpoints (newest step checkpoints kept), keep_every (also keep multiples of this
+        step; 0 = none), tensorboard (write TensorBoard events when the package is importable;
+        metrics.jsonl is always written), threads (torch CPU threads per process; 0 = torch
+        default), device (``auto`` = cuda if present).
     """
 
     stage: str = "codec"
@@ -109,10 +146,11 @@ class TrainConfig:
     init: str | None = None
     rate_tag: str | None = None
     lambda_rate: float | None = None
-    mse_weight: float = 2.0
+    mse_weight: float = 8.0
     lpips_weight: float = 1.0
     clip_weight: float = 0.1
     aux_weight: float | None = None
+    aux_stop_gradient: bool | None = None
     adv_weight: float = 0.1
     lt_weight: float = 0.0
     sd_turbo: str | None = None
@@ -133,14 +171,24 @@ class TrainConfig:
     batch_size: int = 4
     grad_accum: int = 1
     amp: str = "auto"
+    frozen_dtype: str = "auto"
+    gradient_checkpointing: bool | None = None
+    ema_decay: float | None = None
     crop_size: int = 256
     holdout: int = 2
     holdout_names: tuple[str, ...] = ()
+    val_data: tuple[str, ...] = ()
+    val_metrics_weights: str | None = None
+    val_tile_above: int = 128
+    dist_timeout_s: int = 1800
     num_workers: int = 0
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    keep_every: int = 0
+    tensorboard: bool = True
     threads: int = 0
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -155,6 +203,10 @@ class TrainConfig:
             (self.crop_size > 0 and self.crop_size % 64 == 0, "crop_size must be a positive multiple of 64"),
             (self.steps >= 0 and self.batch_size >= 1 and self.grad_accum >= 1, "steps/batch/accum"),
             (self.amp in ("auto", "bf16", "off"), "amp must be auto, bf16 or off"),
+            (self.frozen_dtype in FROZEN_DTYPES, f"frozen_dtype must be one of {FROZEN_DTYPES}"),
+            (0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)"),
+            (self.keep_checkpoints >= 1 and self.keep_every >= 0, "keep_checkpoints >= 1, keep_every >= 0"),
+            (self.dist_timeout_s > 0 and self.val_tile_above >= 0, "dist_timeout_s > 0, val_tile_above >= 0"),
             (self.stage == "codec" or self.sd_turbo is not None, f"stage {self.stage!r} needs sd_turbo"),
             (
                 self.stage != "codec" or ABLATIONS[self.ablation].aux,
@@ -203,8 +255,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
-    if "holdout_names" in data:
-        data["holdout_names"] = tuple(data["holdout_names"])
+    for key in ("holdout_names", "val_data"):
+        if key in data:
+            data[key] = (data[key],) if isinstance(data[key], str) else tuple(data[key])
     return TrainConfig(**data)
 
 

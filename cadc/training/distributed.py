@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -43,8 +45,12 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
-def setup(device_name: str = "auto") -> DistInfo:
-    """Join the process group described by torchrun's environment variables (if any)."""
+def setup(device_name: str = "auto", timeout_s: float = 1800) -> DistInfo:
+    """Join the process group described by torchrun's environment variables (if any).
+
+    ``timeout_s`` bounds every collective (all-reduce, barrier, gather): a rank that stops
+    answering makes the others fail with a time-out error after this long instead of hanging.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -52,7 +58,9 @@ def setup(device_name: str = "auto") -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s)
+        )
     return DistInfo(rank, world, local_rank, device)
 
 
@@ -84,3 +92,15 @@ def all_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return {k: float(v) / info.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def gather_dicts(rows: dict[str, Any], info: DistInfo) -> dict[str, Any]:
+    """Union of every rank's ``rows`` (keys must differ between ranks), on every rank."""
+    if not info.distributed:
+        return dict(rows)
+    parts: list[dict[str, Any] | None] = [None] * info.world
+    dist.all_gather_object(parts, rows)
+    merged: dict[str, Any] = {}
+    for part in parts:
+        merged.update(part or {})
+    return merged

@@ -8,7 +8,11 @@ Stage I / II (with the one-step SD-Turbo decoder giving x̂)::
 
     L = λ·R + d1·MSE(x, x̂) + d2·LPIPS(x, x̂) + d3·‖CLIP(x) − CLIP(x̂)‖² + d4·MSE(x, x̂_aux) + d5·adv(x̂)
 
-R is in bits per pixel (:func:`cadc.training.losses.rate_bpp`). CompressAI's quantile loss of
+R is in bits per pixel (:func:`cadc.training.losses.rate_bpp`); every MSE is on images in 0..1
+(StableCodec's MSE on −1..1 images is 4 × this; the default weights are scaled to match). With
+``aux_stop_gradient`` (Stage I), MSE(x, x̂_aux) is computed from a detached l_T, so it trains g_aux
+alone. The frozen loss backbones (LPIPS, CLIP, discriminator) run under the run's autocast.
+CompressAI's quantile loss of
 the entropy bottleneck is added to the returned total: it only reaches the ``quantiles``
 parameter (stop-gradient inside), which has its own optimizer, so one backward pass serves both
 optimizers and DDP sees every trained parameter used in every step.
@@ -26,6 +30,7 @@ from torch import nn
 from ..model import CADCCodec
 from .config import TrainConfig
 from .losses import hinge_g_loss, mse, rate_bpp
+from .precision import autocast
 
 if TYPE_CHECKING:  # transformers/diffusers load only for Stage I/II runs
     from .backbones import LPIPS, CLIPEmbedding, Discriminator
@@ -66,6 +71,7 @@ class Objective(nn.Module):
         branch: GenerativeBranch | None = None,
         lpips: LPIPS | None = None,
         clip: CLIPEmbedding | None = None,
+        amp_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.codec = codec
@@ -73,6 +79,7 @@ class Objective(nn.Module):
         self.lpips = lpips
         self.clip = clip
         self.config = config
+        self.amp_dtype = amp_dtype
 
     def forward(
         self, x: torch.Tensor, discriminator: Discriminator | None = None
@@ -85,7 +92,9 @@ class Objective(nn.Module):
         loss = c.lambda_rate * rate
         x_aux = out["x_aux"]
         if x_aux is not None and c.effective_aux_weight > 0:
-            terms["aux"] = mse(x_aux, x)
+            assert self.codec.g_aux is not None
+            preview = self.codec.g_aux(out["l_T"][:, :4].detach()) if c.aux_stop_gradient else x_aux
+            terms["aux"] = mse(preview, x)
             loss = loss + c.effective_aux_weight * terms["aux"]
         if c.lt_weight > 0:
             terms["lt"] = out["l_T"].float().pow(2).mean()
@@ -111,14 +120,15 @@ class Objective(nn.Module):
         c = self.config
         terms["mse"] = mse(x_hat, x)
         loss = c.mse_weight * terms["mse"]
-        if self.lpips is not None and c.lpips_weight > 0:
-            terms["lpips"] = self.lpips(x_hat, x).mean()
-            loss = loss + c.lpips_weight * terms["lpips"]
-        if self.clip is not None and c.clip_weight > 0:
-            terms["clip"] = (self.clip(x_hat) - self.clip(x)).pow(2).sum(-1).mean()
-            loss = loss + c.clip_weight * terms["clip"]
-        if discriminator is not None and c.adv_weight > 0:
-            with frozen(discriminator):
-                terms["adv"] = hinge_g_loss(discriminator(x_hat))
-            loss = loss + c.adv_weight * terms["adv"]
+        with autocast(x.device, self.amp_dtype):
+            if self.lpips is not None and c.lpips_weight > 0:
+                terms["lpips"] = self.lpips(x_hat, x).float().mean()
+                loss = loss + c.lpips_weight * terms["lpips"]
+            if self.clip is not None and c.clip_weight > 0:
+                terms["clip"] = (self.clip(x_hat) - self.clip(x)).pow(2).sum(-1).mean()
+                loss = loss + c.clip_weight * terms["clip"]
+            if discriminator is not None and c.adv_weight > 0:
+                with frozen(discriminator):
+                    terms["adv"] = hinge_g_loss(discriminator(x_hat).float())
+                loss = loss + c.adv_weight * terms["adv"]
         return loss

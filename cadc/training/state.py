@@ -7,6 +7,8 @@ The codec and adapter weights live in the run's ``model.safetensors`` (written b
   ``step``, ``exp_avg``, ``exp_avg_sq``);
 * tensors ``module.<name>.<key>`` — state dicts of trained modules that are not in the codec
   checkpoint (the discriminator heads);
+* tensors ``tensor.<name>`` — named tensors the trainer keeps (``weights.*``: the raw trained
+  weights, since ``model.safetensors`` may hold their EMA; ``ema.*``: the EMA);
 * metadata ``cadc.trainer`` — JSON: step, the optimizers' param_groups, the run's config.
 
 No pickle anywhere; the RNG needs no saving because the trainer reseeds from (seed, step, rank).
@@ -30,9 +32,12 @@ def save_state(
     optimizers: dict[str, torch.optim.Optimizer],
     modules: dict[str, torch.nn.Module],
     extra: dict[str, Any],
+    named: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write the trainer state atomically."""
-    tensors: dict[str, torch.Tensor] = {}
+    """Write the trainer state atomically; ``named`` tensors are stored under ``tensor.<name>``."""
+    tensors: dict[str, torch.Tensor] = {
+        f"tensor.{key}": value.detach().cpu().contiguous() for key, value in (named or {}).items()
+    }
     groups: dict[str, Any] = {}
     for name, optimizer in optimizers.items():
         state = optimizer.state_dict()
@@ -58,7 +63,8 @@ def load_state(
     modules: dict[str, torch.nn.Module],
     device: torch.device,
 ) -> dict[str, Any]:
-    """Restore optimizers and modules from :func:`save_state`; returns the metadata (``step``, ...)."""
+    """Restore optimizers and modules from :func:`save_state`; returns the metadata (``step``, ...)
+    with the named tensors under ``"tensors"`` (CPU; empty for files written before they existed)."""
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         meta = json.loads((handle.metadata() or {})["cadc.trainer"])
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -74,4 +80,5 @@ def load_state(
         prefix = f"module.{name}."
         module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
         module.to(device)
+    meta["tensors"] = {k[len("tensor.") :]: v for k, v in tensors.items() if k.startswith("tensor.")}
     return meta
