@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from cadc.cli import main
 from cadc.evaluation.backbones import TINY, BackboneError, build_dists, build_lpips
+from cadc.evaluation.baselines import PillowCodec
 from cadc.evaluation.runner import EvalConfig, Evaluator
 from cadc.images import save_image
 from cadc.weights import build_tiny_random, save_codec
@@ -78,9 +79,11 @@ def test_cli_writes_json_csv_plot_and_bd_rate(data: Path, models: list[str], tmp
             assert {"encode", "decode_codec", "metrics"} <= set(record["seconds"])
         assert run["set"]["patches"] == 2 and run["set"]["fid"] is not None  # one tile per image
     jpeg = results["runs"][1]
+    assert jpeg["curve"] == "jpeg@cadc"
     for record, cadc in zip(jpeg["images"], low["images"], strict=True):
-        assert record["target_bpp"] == cadc["bpp_file"]
+        assert record["target_bpp"] == cadc["bpp_file"] and record["factor"] == 1
         assert record["reached"] == (record["bpp_file"] <= record["target_bpp"])
+        assert 0 < record["bpp_payload"] < record["bpp_file"]
     assert any("could not go down" in note for note in results["notes"])
 
     with (out / "results.csv").open() as handle:
@@ -136,3 +139,70 @@ def test_bad_inputs_fail_with_one_line(tmp_path: Path, capsys) -> None:
     assert "no images" in capsys.readouterr().err
     assert main(["eval", "--data", str(tmp_path), "--model", "tiny-random", "--mode", "generative"]) == 1
     assert "--sd-turbo" in capsys.readouterr().err
+
+
+def test_sweep_families_published_and_bd_rate_in_one_command(
+    data: Path, models: list[str], tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "rd"
+    published = tmp_path / "published.csv"
+    published.write_text("method,bpp,psnr,ms_ssim,source\nPaper,0.05,25.0,0.8,table 2\nPaper,0.1,27.0,,table 2\n")
+    argv = [
+        "eval", "--data", str(data), "--model", models[0], "--model", models[1],
+        "--family", f"busy={models[1]}", "--sweep", "jpeg-rs,jpeg", "--sweep-bpp", "0.05,0.1,0.2,0.4,0.8",
+        "--baselines", "jpeg-rs", "--bd-anchor", "jpeg-rs", "--published", str(published),
+        "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    results = json.loads((out / "results.json").read_text())
+    by_curve: dict[str, list[dict]] = {}
+    for run in results["runs"]:
+        by_curve.setdefault(run["curve"], []).append(run)
+    assert {"jpeg-rs", "jpeg", "cadc-aux", "cadc-aux:busy", "jpeg-rs@cadc", "jpeg-rs@busy"} == set(by_curve)
+    assert len(by_curve["cadc-aux"]) == 2 and len(by_curve["cadc-aux:busy"]) == 1  # one curve per family
+    for run in by_curve["jpeg-rs"]:  # each sweep point: per image the factor, quality and target
+        target = float(run["point"].lstrip("≤"))
+        for record in run["images"]:
+            assert record["factor"] in (1, 2, 3, 4, 6, 8) and record["target_bpp"] == target
+            pixels = record["width"] * record["height"]
+            assert (record["bpp_file"] * pixels / 8) % 1 == pytest.approx(0, abs=1e-6)  # whole bytes, ORIGINAL px
+            assert record["reached"] == (record["bpp_file"] <= target)
+    assert any(r["factor"] > 1 for run in by_curve["jpeg-rs"] for r in run["images"])  # resampling is used
+    assert results["published"][1]["ms_ssim"] is None and (out / "rd_curves.png").is_file()
+    assert [(r["test"], r["rate"]) for r in results["bd_rate"]] == [
+        ("cadc-aux", "bpp_payload"), ("cadc-aux:busy", "bpp_payload"),
+        ("cadc-aux", "bpp_file"), ("cadc-aux:busy", "bpp_file"),
+    ]  # fmt: skip
+    assert report["bd_rate"] == results["bd_rate"] and (out / "bd_rate.json").is_file()
+    assert "BD-rate cadc-aux vs jpeg-rs (payload bpp)" in captured.err
+    assert "not computed: test curve needs at least 2" in json.dumps(results["bd_rate"][1])  # 1-point family
+
+    cache = sorted(p.relative_to(out).as_posix() for p in (out / "baseline_cache").rglob("*.json"))
+    assert cache == ["baseline_cache/jpeg/photo0.json", "baseline_cache/jpeg/photo1.json"]
+    encodes = []
+    original = PillowCodec.encode
+    monkeypatch.setattr(PillowCodec, "encode", lambda self, *a, **k: encodes.append(1) or original(self, *a, **k))
+    rerun = [a for a in argv if a not in ("--model", models[0], "--model", models[1])]  # keep --family busy
+    assert main(rerun) == 0
+    capsys.readouterr()
+    assert encodes == []  # sizes, PSNR and scores all came from the cache
+    again = json.loads((out / "results.json").read_text())
+    sweep_means = [r["mean"] for r in results["runs"] if r["curve"] in ("jpeg", "jpeg-rs")]
+    assert [r["mean"] for r in again["runs"] if r["curve"] in ("jpeg", "jpeg-rs")] == sweep_means
+
+
+def test_bad_sweep_options_fail_in_one_line(data: Path, tmp_path: Path, capsys) -> None:
+    for extra, message in [
+        (["--sweep", "jpeg", "--sweep-bpp", "0.1,abc"], "--sweep-bpp"),
+        (["--sweep", "jpeg", "--sweep-bpp", "-0.1"], "--sweep-bpp"),
+        (["--sweep", "jpeg", "--bd-anchor", "avif-rs"], "--bd-anchor avif-rs"),
+        (["--sweep", "bpg"], "unknown baseline"),
+        (["--family", "x"], "--family"),
+        (["--family", "cadc=a.safetensors"], "--family"),
+    ]:
+        assert main(["eval", "--data", str(data), *extra, "--out", str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (extra, err)
+    assert not (tmp_path / "o").exists()

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .defaults import BD_ANCHOR, SWEEP_BPP
+
 WEIGHTS_ENV = "CADC_EVAL_WEIGHTS"
 
 EPILOG = f"""\
@@ -21,11 +23,21 @@ metric backbones (never downloaded) are read from --weights-dir or ${WEIGHTS_ENV
 a missing file skips that metric with a note; 'tiny-random' builds random stand-ins (tests only).
 See cadc/evaluation/backbones.py for a conversion snippet.
 
+baselines (Pillow): jpeg, webp, avif (full size) and jpeg-rs, webp-rs, avif-rs (Lanczos-downscaled by
+1, 2, 3, 4, 6 or 8, coded, upscaled back); per image the best PSNR whose whole file is <= the target.
+  --baselines LIST   coded at each image's .cadc file size, next to every model point
+  --sweep LIST       whole RD curves at the --sweep-bpp targets (cached in OUT/baseline_cache/)
+
 examples:
-  cadc eval --data kodak/ --model tiny-random --baselines jpeg,webp --out results/
-  cadc eval --data kodak/ --model l2.safetensors --model l4.safetensors --mode aux,generative \\
+  cadc eval --data kodak/ --sweep avif-rs,webp-rs,jpeg-rs,avif,webp,jpeg --out kodak-rd/
+  cadc eval --data kodak/ --model a.safetensors --model b.safetensors --model c.safetensors \\
+            --sweep avif-rs,webp-rs,jpeg-rs,avif,webp,jpeg --baselines avif-rs \\
+            --published docs/published_kodak.csv --out kodak-rd/     (BD-rate vs avif-rs included)
+  cadc eval --data kodak/ --family m0=m0a.st,m0b.st,m0c.st --family ugaq=ua.st,ub.st,uc.st --out abl/
+  cadc eval --data kodak/ --model l2.safetensors --mode aux,generative \\
             --sd-turbo sd-turbo/ --blip blip/ --weights-dir eval-weights/ --out results/
   cadc eval --bd-rate m0/results.json full/results.json      (BD-rate of full vs the anchor m0)
+  cadc eval --bd-rate r.json r.json --anchor-curve avif-rs --test-curve cadc-aux:ugaq --rate bpp_payload
 """
 
 
@@ -33,10 +45,11 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     if args.bd_rate:
         return _bd_rate(args)
     from .baselines import parse_baselines
+    from .results import bd_rate_lines
     from .runner import EvalConfig, EvalError, Evaluator
 
-    if args.data is None or not args.model:
-        raise EvalError("cadc eval needs --data FOLDER and at least one --model (or --bd-rate A.json B.json)")
+    if args.data is None or not (args.model or args.family or args.sweep):
+        raise EvalError("cadc eval needs --data FOLDER and a --model, --family or --sweep (or --bd-rate A.json B.json)")
     if args.threads:
         import torch
 
@@ -44,9 +57,14 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     config = EvalConfig(
         data=args.data,
         models=args.model,
+        families=_parse_families(args.family),
         out=args.out or "results",
         modes=tuple(m.strip() for m in args.mode.split(",") if m.strip()),
         baselines=tuple(parse_baselines(args.baselines)),
+        sweep=tuple(parse_baselines(args.sweep)),
+        sweep_bpp=_parse_bpp(args.sweep_bpp),
+        published=args.published,
+        bd_anchor=args.bd_anchor,
         weights_dir=args.weights_dir or os.environ.get(WEIGHTS_ENV) or None,
         sd_turbo=args.sd_turbo,
         blip=args.blip,
@@ -60,11 +78,35 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     sys.stderr.write(results["summary"] + "\n")
     for note in results["notes"]:
         sys.stderr.write(f"note: {note}\n")
+    for line in bd_rate_lines(results["bd_rate"]):
+        sys.stderr.write(line + "\n")
     return {
         **results["files"],
+        "bd_rate": results["bd_rate"],
         "images": results["config"]["images"],
         "runs": [{"name": r["name"], **r["mean"], **{k: r["set"][k] for k in ("fid", "kid")}} for r in results["runs"]],
     }
+
+
+def _parse_families(items: list[str]) -> dict[str, list[str]]:
+    """``["m0=a.st,b.st", ...]`` → ``{"m0": ["a.st", "b.st"]}``."""
+    families: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, models = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--family {item!r}: write NAME=CHECKPOINT,CHECKPOINT,...")
+        if name.strip() in families:
+            raise ValueError(f"--family {name.strip()}: given twice")
+        families[name.strip()] = [m.strip() for m in models.split(",") if m.strip()]
+    return families
+
+
+def _parse_bpp(text: str) -> tuple[float, ...]:
+    """``"0.01,0.02"`` → ``(0.01, 0.02)``; anything that is not a number raises ValueError in one line."""
+    try:
+        return tuple(float(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise ValueError(f"--sweep-bpp {text!r}: give comma-separated numbers, e.g. 0.01,0.02,0.05") from None
 
 
 def _bd_rate(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,8 +134,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", action="append", default=[], help="CADC checkpoint or tiny-random; repeat for several λ points"
     )
+    p.add_argument(
+        "--family",
+        action="append",
+        default=[],
+        metavar="NAME=A,B,...",
+        help="a named family of checkpoints (one RD curve cadc-aux:NAME); repeat for several families",
+    )
     p.add_argument("--mode", default="aux", help="aux, generative or aux,generative (default: aux)")
-    p.add_argument("--baselines", default="", help="comma list of jpeg, webp, avif (default: none)")
+    p.add_argument(
+        "--baselines",
+        default="",
+        help="baselines coded at each image's .cadc size: jpeg, webp, avif, jpeg-rs, webp-rs, avif-rs (default: none)",
+    )
+    p.add_argument("--sweep", default="", help="baselines whose whole RD curve is swept (same names; default: none)")
+    p.add_argument(
+        "--sweep-bpp",
+        default=",".join(f"{t:g}" for t in SWEEP_BPP),
+        help="target bpp of the sweep (whole file, original pixels; default: %(default)s)",
+    )
+    p.add_argument(
+        "--published", default=None, metavar="CSV", help="overlay published RD points (e.g. docs/published_kodak.csv)"
+    )
+    p.add_argument(
+        "--bd-anchor",
+        default=None,
+        metavar="CURVE",
+        help=f"swept baseline to compute each CADC curve's BD-rate against (default: {BD_ANCHOR} when swept)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: ./results; with --bd-rate: print only)")
     p.add_argument("--weights-dir", default=None, help=f"metric backbone folder (default: ${WEIGHTS_ENV})")
     p.add_argument("--sd-turbo", default=None, help="SD-Turbo folder / .safetensors / tiny-random (generative)")

@@ -1,18 +1,26 @@
-"""The results of ``cadc eval``: averages, RD curves, ``results.json`` / ``results.csv``, BD-rate
-between two results files, and the summary table printed at the end.
+"""The results of ``cadc eval``: averages, RD curves, ``results.json`` / ``results.csv``, BD-rate,
+and the summary table printed at the end.
 
 ``results.json`` layout (``"format": "cadc-eval/1"``)::
 
     config    the command's settings;  notes: skipped metrics and other caveats;  seconds: setup stages
-    runs[]    one per (codec, mode, model point):
-        name, curve ("cadc-aux", "cadc-generative", "jpeg", "webp", "avif"), codec, mode, model, point
-        images[]  per image: image, width, height, bpp_file (whole file, headers included, bits/pixel),
-                  bpp_payload (CADC: entropy-coded payload only, the paper's bpp; baselines: null),
+    runs[]    one per curve point:
+        name, curve, codec, mode, model, point (and family for CADC and matched runs), where curve is
+            "cadc-aux" / "cadc-generative" (the unnamed family) or "cadc-aux:NAME" (family NAME);
+            "avif-rs", "webp", ... (a --sweep baseline: one point per target bpp);
+            "avif-rs@FAMILY" (a --baselines baseline coded at each image's .cadc file size)
+        images[]  per image: image, width, height,
+                  bpp_file (whole file, headers included, bits per ORIGINAL pixel),
+                  bpp_payload (the coded bitstream only: CADC's entropy-coded bytes, the baselines'
+                  AV1/VP8/JPEG data without container, see payload.py; what papers plot),
                   psnr (dB), ms_ssim, lpips, dists, seconds{stage: s};
-                  baselines add quality, target_bpp, reached; generative runs add caption
+                  baselines add factor, quality, coded_width, coded_height, target_bpp, reached;
+                  generative runs add caption
         mean      per-image values averaged over the images (null if any image lacks the metric)
         set       fid, kid, kid_std, patches, note (FID/KID on 256x256 patches, see fid.py)
         seconds   per-stage totals over the images (s)
+    published  the --published rows (or null)
+    bd_rate[]  per CADC curve and rate kind: BD-rate (%) against the anchor curve, per metric
 """
 
 from __future__ import annotations
@@ -30,13 +38,9 @@ from .bdrate import BDRateError, bd_rate
 
 FORMAT = "cadc-eval/1"
 AVERAGED = ("bpp_file", "bpp_payload", "psnr", "ms_ssim", "lpips", "dists")
-CURVE_LABELS = {
-    "cadc-aux": "CADC (aux decoder)",
-    "cadc-generative": "CADC (generative)",
-    "jpeg": "JPEG",
-    "webp": "WebP",
-    "avif": "AVIF",
-}
+BD_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
+RATES = ("bpp_payload", "bpp_file")
+CADC_LABELS = {"cadc-aux": "CADC (aux decoder)", "cadc-generative": "CADC (generative)"}
 CSV_COLUMNS = (
     "run",
     "curve",
@@ -47,7 +51,10 @@ CSV_COLUMNS = (
     "width",
     "height",
     *AVERAGED,
+    "factor",
     "quality",
+    "coded_width",
+    "coded_height",
     "target_bpp",
     "reached",
     "seconds_total",
@@ -87,6 +94,76 @@ def curves(results: dict[str, Any], rate: str = "bpp_file") -> dict[str, list[di
         }
         grouped.setdefault(run["curve"], []).append(point)
     return {k: sorted(v, key=lambda p: p["rate"] if p["rate"] is not None else math.inf) for k, v in grouped.items()}
+
+
+def curve_label(curve: str) -> str:
+    """Legend text of a curve id (see the module docstring for the ids)."""
+    from .baselines import BASELINES
+
+    name, _, family = curve.partition("@")
+    if name in BASELINES:
+        label = BASELINES[name].label
+        if not family:
+            return label
+        return f"{label} at CADC's rate" if family == "cadc" else f"{label} at {family}'s rate"
+    mode, _, family = curve.partition(":")
+    label = CADC_LABELS.get(mode, mode)
+    return f"{label} {family}" if family else label
+
+
+def _bd_between(anchor_points: list[dict[str, Any]], test_points: list[dict[str, Any]], metric: str) -> float | str:
+    """BD-rate (%) of test against anchor for one metric, or the reason (one line) it cannot be computed."""
+    try:
+        if any(p[metric] is None or p["rate"] is None for p in (*anchor_points, *test_points)):
+            raise BDRateError(f"{metric} or the rate missing in some points")
+        return bd_rate(
+            [p["rate"] for p in anchor_points],
+            [p[metric] for p in anchor_points],
+            [p["rate"] for p in test_points],
+            [p[metric] for p in test_points],
+        )
+    except BDRateError as error:
+        return f"not computed: {error}"
+
+
+def bd_rates_in(results: dict[str, Any], anchor: str, metrics: Iterable[str] = BD_METRICS) -> list[dict[str, Any]]:
+    """BD-rate of every CADC curve of ``results`` against its curve ``anchor``, for both rate kinds.
+
+    Only over the quality range the two curves share (nothing is extrapolated); a metric without
+    values anywhere is left out, one that cannot be computed maps to the one-line reason.
+    """
+    reports = []
+    for rate in RATES:
+        data = curves(results, rate)
+        if anchor not in data:
+            raise ValueError(f"no curve {anchor!r} in these results; they have {', '.join(data)}")
+        for curve in (c for c in data if c.startswith("cadc-")):
+            present = [m for m in metrics if any(p[m] is not None for p in (*data[curve], *data[anchor]))]
+            reports.append(
+                {
+                    "test": curve,
+                    "anchor": anchor,
+                    "rate": rate,
+                    "points": {"test": len(data[curve]), "anchor": len(data[anchor])},
+                    "bd_rate_percent": {m: _bd_between(data[anchor], data[curve], m) for m in present},
+                }
+            )
+    return reports
+
+
+def bd_rate_lines(reports: list[dict[str, Any]]) -> list[str]:
+    """One line per (curve, rate kind): ``BD-rate cadc-aux vs avif-rs (payload bpp): PSNR -12.3 %, ...``."""
+    lines = []
+    for report in reports:
+        kind = "payload bpp" if report["rate"] == "bpp_payload" else "whole-file bpp"
+        values = report["bd_rate_percent"]
+        numbers = [f"{m} {v:+.1f} %" for m, v in values.items() if isinstance(v, float)]
+        reasons = dict.fromkeys(v for v in values.values() if isinstance(v, str))  # one line per distinct reason
+        text = ", ".join(numbers) or "-"
+        if reasons:
+            text += "; " + "; ".join(f"{', '.join(m for m, v in values.items() if v == r)}: {r}" for r in reasons)
+        lines.append(f"BD-rate {report['test']} vs {report['anchor']} ({kind}): {text}")
+    return lines
 
 
 def _finite(value: Any) -> Any:
@@ -160,19 +237,7 @@ def bd_rates(
     test_name = _pick_curve(test_results, test_curve, test_path)
     anchor_points = curves(anchor_results, rate)[anchor_name]
     test_points = curves(test_results, rate)[test_name]
-    values: dict[str, float | str] = {}
-    for metric in metrics:
-        try:
-            if any(p[metric] is None or p["rate"] is None for p in (*anchor_points, *test_points)):
-                raise BDRateError(f"{metric} or {rate} missing in some points")
-            values[metric] = bd_rate(
-                [p["rate"] for p in anchor_points],
-                [p[metric] for p in anchor_points],
-                [p["rate"] for p in test_points],
-                [p[metric] for p in test_points],
-            )
-        except BDRateError as error:
-            values[metric] = f"not computed: {error}"
+    values = {metric: _bd_between(anchor_points, test_points, metric) for metric in metrics}
     return {
         "anchor": {"results": str(anchor_path), "curve": anchor_name, "points": len(anchor_points)},
         "test": {"results": str(test_path), "curve": test_name, "points": len(test_points)},
