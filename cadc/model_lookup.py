@@ -34,7 +34,7 @@ TINY_RANDOM = "tiny-random"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PACKAGE_MODELS_DIR = PACKAGE_DIR / "models"
 """The shipped checkpoints (``models/`` beside the ``cadc`` package)."""
-DEFAULT_MODEL_FILE = "cadc-tiny.safetensors"
+DEFAULT_MODEL_FILE = "cadc-photo-3.safetensors"
 """The best shipped model: the default of ``cadc compress``, the demo and the workflow templates."""
 CHECKPOINT_SUFFIX = ".safetensors"
 

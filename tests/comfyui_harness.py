@@ -270,3 +270,57 @@ def checkpoint_with_metadata(source: Path, target: Path, metadata: dict[str, str
             shutil.copyfileobj(src, dst, 16 << 20)
     os.replace(temporary, target)
     return target
+
+
+class SkipSummary:
+    """Pytest plugin: no silent skips of the real-ComfyUI tests.
+
+    Tests marked ``comfyui`` (a real ComfyUI checkout) or ``browser`` (that checkout plus chromium)
+    skip where those are missing. The run ends with one line saying how many ran and how many did
+    not; with the environment variable ``CI`` set, any that did not run fail the run (exit status
+    1), so a CI machine without ComfyUI never reports green. Registered by ``tests/conftest.py``.
+    """
+
+    KINDS = ("comfyui", "browser")
+
+    def __init__(self) -> None:
+        self.ran = dict.fromkeys(self.KINDS, 0)
+        self.skipped = dict.fromkeys(self.KINDS, 0)
+        self.reasons: dict[str, None] = {}
+
+    def kind(self, report: Any) -> str | None:
+        """"browser", "comfyui" or None for a test report (browser tests carry both markers)."""
+        return next((kind for kind in reversed(self.KINDS) if kind in report.keywords), None)
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        kind = self.kind(report)
+        if kind is None:
+            return
+        if report.skipped and report.when in ("setup", "call"):
+            self.skipped[kind] += 1
+            if isinstance(report.longrepr, tuple):
+                self.reasons[str(report.longrepr[2]).removeprefix("Skipped: ")] = None
+        elif report.when == "call":
+            self.ran[kind] += 1
+
+    def failing(self) -> bool:
+        return bool(os.environ.get("CI")) and any(self.skipped.values())
+
+    def line(self) -> str | None:
+        """The summary line, or None when the run had no such tests."""
+        if not any(self.ran.values()) and not any(self.skipped.values()):
+            return None
+        counts = "; ".join(f"{self.ran[k]} {k} tests ran, {self.skipped[k]} did not run" for k in self.KINDS)
+        reasons = f" ({'; '.join(self.reasons)})" if self.reasons else ""
+        return f"CADC real-ComfyUI tests: {counts}{reasons}"
+
+    def pytest_sessionfinish(self, session: Any, exitstatus: int) -> None:
+        if self.failing() and exitstatus == 0:
+            session.exitstatus = 1  # pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        line = self.line()
+        if line is not None and self.failing():
+            terminalreporter.write_line(f"FAILED (CI is set): {line}", red=True, bold=True)
+        elif line is not None:
+            terminalreporter.write_line(line)

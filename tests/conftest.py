@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from tests import compressai_hiding, hygiene  # first: caches/bytecode redirected, CADC_HIDE_COMPRESSAI applied
 
 # isort: split
@@ -14,6 +12,7 @@ import torch
 from cadc.entropy import entropy_coder_description
 from cadc.model import CADCCodec
 from cadc.weights import build_tiny_random
+from tests.comfyui_harness import SkipSummary
 
 
 def make_photo(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -59,45 +58,6 @@ def make_busy(codec: CADCCodec) -> None:
             step[-1].bias[channels:] = 4.0
 
 
-# ------------------------------------------------------ no silent skips of the real-ComfyUI tests
-# Tests marked `comfyui` (a real ComfyUI checkout) or `browser` (that checkout plus chromium) skip
-# where those are missing. The run always ends with one line saying how many ran and how many did
-# not; with the environment variable CI set, any that did not run fail the run (exit status 1),
-# so a CI machine without ComfyUI can never report green.
-_REAL_COMFYUI_KINDS = ("comfyui", "browser")
-_real_comfyui_ran = dict.fromkeys(_REAL_COMFYUI_KINDS, 0)
-_real_comfyui_skipped = dict.fromkeys(_REAL_COMFYUI_KINDS, 0)
-_real_comfyui_reasons: dict[str, None] = {}
-
-
-def _real_comfyui_kind(report: pytest.TestReport) -> str | None:
-    """"browser", "comfyui" or None for a test report (browser tests carry both markers)."""
-    return next((kind for kind in reversed(_REAL_COMFYUI_KINDS) if kind in report.keywords), None)
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    kind = _real_comfyui_kind(report)
-    if kind is None:
-        return
-    if report.skipped and report.when in ("setup", "call"):
-        _real_comfyui_skipped[kind] += 1
-        if isinstance(report.longrepr, tuple):
-            _real_comfyui_reasons[str(report.longrepr[2]).removeprefix("Skipped: ")] = None
-    elif report.when == "call":
-        _real_comfyui_ran[kind] += 1
-
-
-def _real_comfyui_line() -> str | None:
-    if not any(_real_comfyui_ran.values()) and not any(_real_comfyui_skipped.values()):
-        return None
-    counts = "; ".join(
-        f"{_real_comfyui_ran[kind]} {kind} tests ran, {_real_comfyui_skipped[kind]} did not run"
-        for kind in _REAL_COMFYUI_KINDS
-    )
-    reasons = f" ({'; '.join(_real_comfyui_reasons)})" if _real_comfyui_reasons else ""
-    return f"CADC real-ComfyUI tests: {counts}{reasons}"
-
-
 def pytest_report_header() -> str:
     hidden = " (compressai hidden: CADC_HIDE_COMPRESSAI=1)" if compressai_hiding.requested() else ""
     return f"cadc entropy coder: {entropy_coder_description()}{hidden}"
@@ -105,19 +65,4 @@ def pytest_report_header() -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(hygiene.TreeGuard(), "cadc-tree-guard")
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.environ.get("CI") and any(_real_comfyui_skipped.values()) and exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    line = _real_comfyui_line()
-    if line is None:
-        return
-    if os.environ.get("CI") and any(_real_comfyui_skipped.values()):
-        terminalreporter.write_line(f"FAILED (CI is set): {line}", red=True, bold=True)
-    else:
-        terminalreporter.write_line(line)
+    config.pluginmanager.register(SkipSummary(), "cadc-real-comfyui-summary")  # no silent skips
