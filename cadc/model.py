@@ -1,6 +1,6 @@
 """CADCCodec: the learned codec of CADC (Sheng et al., CVPR 2026, arXiv 2602.21591).
 
-x → g_a → y; y → h_a → z; ẑ coded with a factorized entropy bottleneck; UGAQ quantizes
+x → g_a → y (over tiles, :mod:`cadc.tiled_analysis`, so memory stays bounded); y → h_a → z; ẑ coded with a factorized entropy bottleneck; UGAQ quantizes
 ŷ = round(y / f_u(y − UP(ẑ))); h_s(ẑ) and a 4-step quadtree context give μ, σ for ŷ;
 g_s(ŷ) = l_T on the SD latent grid; g_aux(l_T[:, :4]) = x̂_aux. The generative half (one-step
 SD-Turbo, BLIP captions) lives in :mod:`cadc.generative`.
@@ -44,6 +44,7 @@ from .entropy import (
     ste_round,
 )
 from .quadtree import NUM_STEPS, QuadtreeContext, step_masks
+from .tiled_analysis import TILE_BYTES, tiled_analysis
 from .timing import stage_timer
 from .transforms import AnalysisTransform, AuxDecoder, HyperAnalysis, HyperSynthesis, SynthesisTransform
 from .ugaq import UncertaintyQuantizer
@@ -246,16 +247,24 @@ class CADCCodec(nn.Module):
 
     @torch.inference_mode()
     def compress(
-        self, x: torch.Tensor, exact: bool = True, timings: dict[str, float] | None = None
+        self,
+        x: torch.Tensor,
+        exact: bool = True,
+        timings: dict[str, float] | None = None,
+        tile_bytes: int | None = TILE_BYTES,
     ) -> list[CompressedImage]:
         """Code a batch; one independent bitstream per image.
 
         Args:
-            x: [B, 3, H, W] in 0..1, H and W multiples of 64.
+            x: [B, 3, H, W] in 0..1, H and W multiples of 64, on any device (read tile by tile).
             exact: run the encoder-only networks in float64 on the CPU (byte-identical files
                 across runs, thread counts and machines). False uses the model's device/dtype.
             timings: if given, per-stage wall seconds are added to it (``g_a``, ``hyperprior``,
                 ``ugaq``, ``entropy_encode``).
+            tile_bytes: run g_a over tiles whose widest activation stays within this many bytes
+                (:mod:`cadc.tiled_analysis`: memory bounded whatever the image size; ŷ as untiled up
+                to float64 rounding). None runs g_a on the whole image at once. h_a and f_u work on
+                y (1/64 of each side) and are never tiled.
         """
         self._check_input(x)
         g_a, h_a, ugaq = (
@@ -265,7 +274,10 @@ class CADCCodec(nn.Module):
         )
         param = next(g_a.parameters())
         with stage_timer(timings, "g_a"):
-            y = g_a(x.to(device=param.device, dtype=param.dtype))
+            if tile_bytes is None:
+                y = g_a(x.to(device=param.device, dtype=param.dtype))
+            else:
+                y = tiled_analysis(g_a, x, tile_bytes)
         with stage_timer(timings, "hyperprior"):
             z = h_a(_pad_to_hyper_grid(y))
             medians = self._medians(z.dtype, z.device)
