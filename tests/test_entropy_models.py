@@ -164,7 +164,8 @@ def test_gaussian_conditional_matches_compressai(table, reference):
             results = []
             for module in (theirs, mine):
                 torch.manual_seed(2)
-                inputs, s = y.to(dtype).requires_grad_(True), scales.to(dtype).requires_grad_(True)
+                inputs = y.to(dtype).clone().requires_grad_(True)
+                s = scales.to(dtype).clone().requires_grad_(True)
                 values, likelihood = module.to(dtype)(inputs, s, means.to(dtype), training=training)
                 (-torch.log2(likelihood)).sum().backward()
                 results.append((values, likelihood, module._likelihood(inputs, s), inputs.grad, s.grad))
