@@ -87,3 +87,9 @@ def test_val_data_folder_is_validated_never_trained(photos, tmp_path):
     assert not {p.name for p in run.train_paths} & {p.name for p in run.eval_paths}
     summary = run.run(resume=False)
     assert set(summary["held_out"]["images"]) == {"val-photo0.png", "val-photo1.png"}
+
+
+def test_missing_metric_weights_fail_at_the_start(photos, tmp_path):
+    config = TrainConfig(**{**FAST, "steps": 1}, val_metrics_weights=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"val_metrics_weights: .*alexnet.safetensors not found"):
+        TrainingRun(config, [photos], tmp_path / "run", _info(0, 1), "")

@@ -70,6 +70,16 @@ class Validator:
         self.labels = image_labels(self.paths)
         self.config, self.info, self.amp_dtype = config, info, amp_dtype
         self._networks: dict[str, torch.nn.Module] | None = None
+        if config.val_metrics_weights not in (None, "tiny-random"):  # fail at the start, not hours later
+            from ..evaluation.backbones import WEIGHT_FILES
+
+            for metric in ("lpips", "dists"):
+                path = Path(config.val_metrics_weights).expanduser() / WEIGHT_FILES[metric]
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"val_metrics_weights: {path} not found (the {metric} backbone, see `cadc eval --help`); "
+                        "add it or leave val_metrics_weights unset"
+                    )
 
     def networks(self) -> dict[str, torch.nn.Module]:
         """LPIPS-Alex and DISTS from ``val_metrics_weights`` (built on first use), else none."""
