@@ -282,13 +282,15 @@ class Evaluator:
                 ladder.release()
         kept = []
         for name in self.sweep:
-            previous = None
+            previous, dropped = None, []
             for target in targets:
                 if picks[name, target] == previous:
-                    self.notes.append(f"{name}: target {target:g} bpp picks the same files as the one below; dropped")
+                    dropped.append(f"{target:g}")
                     continue
                 previous = picks[name, target]
                 kept.append(runs[name, target].finish(self.reference, self.config.fid_min_patches))
+            if dropped:
+                self.notes.append(f"{name}: targets {', '.join(dropped)} bpp pick the same files as a lower target")
         return kept
 
     # -- one model point -----------------------------------------------------------------------------
