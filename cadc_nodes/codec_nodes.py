@@ -235,13 +235,15 @@ class SaveBitstream:
         paths = host.folder_paths()
         first = bitstream[0].header
         output_dir = paths.get_output_directory()
+        refusal = f"CADC: filename_prefix {filename_prefix!r} leads outside the output folder; refusing to write"
+        # Checked before ComfyUI's own check, which raises a bare multi-line Exception for most of these.
+        if not _inside(os.path.join(output_dir, os.path.dirname(os.path.normpath(filename_prefix))), [output_dir]):
+            raise ValueError(refusal)
         folder, name, counter, subfolder, _ = paths.get_save_image_path(
             filename_prefix, output_dir, first.width, first.height
         )
         if not _inside(folder, [output_dir]) or os.sep in name or (os.altsep and os.altsep in name):
-            raise ValueError(
-                f"CADC: filename_prefix {filename_prefix!r} leads outside the output folder; refusing to write"
-            )
+            raise ValueError(refusal)
         saved, lines = [], []
         for cadc_file in bitstream:
             filename = f"{name}_{counter:05}_{CADC_SUFFIX}"
