@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, batch
 from .codec_io import MAX_DECODE_PIXELS, check_decode_size, decode_file, encode_image
 from .container import CadcFormatError, CadcHeader, header_to_json, read_cadc, write_cadc
 from .entropy import entropy_coder_description
@@ -47,6 +47,8 @@ def _print_json(data: dict[str, Any]) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
+    if batch.is_folder(args.image):
+        return batch.compress_folder(args)
     output = Path(args.output) if args.output else Path(Path(args.image).stem + ".cadc")
     if output.resolve() == Path(args.image).resolve():
         raise CliError(f"refusing to overwrite the input image {args.image}")
@@ -60,6 +62,8 @@ def cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_decompress(args: argparse.Namespace) -> dict[str, Any]:
+    if batch.is_folder(args.input):
+        return batch.decompress_folder(args)
     output = Path(args.output) if args.output else Path(Path(args.input).stem + ".png")
     if output.resolve() == Path(args.input).resolve():
         raise CliError(f"refusing to overwrite the input file {args.input}")
@@ -126,7 +130,8 @@ def _decode_generative(args: argparse.Namespace, checkpoint, cadc_file, output: 
         tile_overlap=plan.tiling.overlap,
         tile_above=plan.tiling.above,
         fixed_prompt=plan.fixed_prompt,
-        low_memory=True,  # one decode per process: BLIP and the text encoder need not stay
+        low_memory=True,  # one decode per process: each model is released once its stage is done
+        vae_decoder=getattr(args, "vae_decoder", None),
     )
     # BLIP describes x̂_aux cropped to the original size, as the CADC Caption node does
     result = decoder.decode(decoded.latent.l_T, decoded.x_aux, out_hw=(header.height, header.width))
@@ -215,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help="torch device for the networks (default: cpu)")
         p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
 
-    p = sub.add_parser("compress", help="image → .cadc")
-    p.add_argument("image")
-    p.add_argument("-o", "--output", help="output .cadc path (default: <image stem>.cadc)")
+    p = sub.add_parser("compress", help="image → .cadc (or a folder of images → a folder of .cadc)")
+    p.add_argument("image", help="an image, or a folder of images (then -o OUTDIR; see --jobs)")
+    p.add_argument("-o", "--output", help="output .cadc path (default: <image stem>.cadc), or OUTDIR for a folder")
     p.add_argument(
         "--fast",
         action="store_true",
@@ -225,15 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
         "but are no longer byte-identical across devices/thread counts",
     )
     model_options(p)
+    batch.add_folder_options(p)
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("decompress", help=".cadc → image")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", help="output image path (default: <input stem>.png)")
+    p = sub.add_parser("decompress", help=".cadc → image (or a folder of .cadc → a folder of PNGs)")
+    p.add_argument("input", help="a .cadc file, or a folder of them (then -o OUTDIR; see --jobs)")
+    p.add_argument("-o", "--output", help="output image path (default: <input stem>.png), or OUTDIR for a folder")
     p.add_argument("--aux-only", action="store_true", help="only the light aux decoder (no SD-Turbo)")
     p.add_argument("--sd-turbo", default=None, help="SD-Turbo: diffusers folder, .safetensors file or tiny-random")
     p.add_argument("--blip", default=None, help="BLIP captioner folder or tiny-random (default: no caption)")
     p.add_argument("--no-caption", action="store_true", help="condition on the fixed prompt only")
+    p.add_argument(
+        "--vae-decoder",
+        default=None,
+        metavar="PATH",
+        help="fast preview: TAESD instead of SD's VAE decoder (taesd_decoder.safetensors/.pth, ComfyUI's "
+        "models/vae_approx folder, or a diffusers AutoencoderTiny folder)",
+    )
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -242,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"refuse files whose image is larger than N pixels (default {MAX_DECODE_PIXELS}; 0 = no limit)",
     )
     model_options(p)
+    batch.add_folder_options(p)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", help="print a .cadc header as JSON")
@@ -289,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_json(report)
     else:
         sys.stderr.write(_summary(args.command, report) + "\n")
-    return 0
+    return 1 if report.get("mode") == "folder" and report["failed"] else 0
 
 
 def _one_line_warning(
@@ -307,6 +321,8 @@ def _one_line(error: BaseException) -> str:
 
 
 def _summary(command: str, report: dict[str, Any]) -> str:
+    if report.get("mode") == "folder":
+        return batch.summary(command, report)
     if command == "compress":
         return (
             f"wrote {report['output']}: {report['file_bytes']} bytes, {report['bpp']:.5f} bpp "
