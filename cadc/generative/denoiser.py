@@ -31,6 +31,8 @@ class OneStepDenoiser(torch.nn.Module):
         adapter: trained conv_in + LoRA; None builds :func:`seeded_adapter` (demo only, logged).
         adapter_config: used only when ``adapter`` is None (rank, alpha, targets, latent_channels).
         merge: fold LoRA into the base weights after loading.
+        adapter_dtype: dtype of the new conv_in and of the LoRA weights (default: the UNet's), e.g.
+            float32 for a float16-stored UNet that computes in float32 (:mod:`.layer_cast`).
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class OneStepDenoiser(torch.nn.Module):
         adapter: AdapterWeights | None,
         adapter_config: AdapterConfig | None = None,
         merge: bool = True,
+        adapter_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         cfg = adapter.config if adapter is not None else (adapter_config or AdapterConfig())
@@ -48,6 +51,10 @@ class OneStepDenoiser(torch.nn.Module):
         )
         inject_adapter_in_model(lora_cfg, unet, adapter_name=_ADAPTER_NAME)
         layers = {n: m for n, m in unet.named_modules() if isinstance(m, LoraLayer)}
+        if adapter_dtype is not None:
+            for m in layers.values():
+                m.lora_A.to(adapter_dtype)
+                m.lora_B.to(adapter_dtype)
         if adapter is None:
             shapes = {
                 n: (m.lora_A[_ADAPTER_NAME].weight.shape, m.lora_B[_ADAPTER_NAME].weight.shape)
@@ -60,7 +67,7 @@ class OneStepDenoiser(torch.nn.Module):
             )
         unet.conv_in = torch.nn.Conv2d(
             adapter.config.latent_channels, base_conv_in.out_channels, kernel_size=3, padding=1
-        ).to(device=base_conv_in.weight.device, dtype=base_conv_in.weight.dtype)
+        ).to(device=base_conv_in.weight.device, dtype=adapter_dtype or base_conv_in.weight.dtype)
         with torch.no_grad():
             unet.conv_in.weight.copy_(adapter.conv_in_weight)
             unet.conv_in.bias.copy_(adapter.conv_in_bias)

@@ -4,9 +4,16 @@
     l_T [B, 320, h, w] ─ OneStepDenoiser(t = 999, text) ─► ε [B, 4, h, w]
     l_0 = predict_x0(l_T[:, :4], ε)  ─ VAE decoder(l_0 / 0.18215) ─► image [B, 3, 8h, 8w] → crop
 
-Models load lazily on first use, stay cached, and :meth:`GenerativeDecoder.free` releases them.
-The UNet and the VAE decoder run over latent tiles when the latent's longer side exceeds
-``tile_above``.
+Models load lazily on first use (one thread at a time), stay cached, and
+:meth:`GenerativeDecoder.free` releases them; with ``low_memory`` each model is released as soon as
+its stage is done. The UNet and the VAE decoder run over latent tiles when the latent's longer side
+exceeds ``tile_above``.
+
+Memory on the CPU: the text encoder and the UNet keep their weights in the file's dtype (float16 for
+SD-Turbo's usual files, memory-mapped) and compute in float32 layer by layer
+(:mod:`.layer_cast`; bit-identical to casting them up front, LoRA merged per layer in float32). The
+VAE decoder (small) is cast up front and its encoder dropped. ``vae_decoder`` swaps the SD VAE
+decoder for TAESD (fast preview, :func:`.sd_turbo.load_taesd_decoder`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import gc
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -25,8 +33,10 @@ from ..timing import stage_timer
 from .adapter import AdapterConfig, AdapterError, AdapterWeights
 from .captioner import FIXED_PROMPT, TINY, Captioner, check_blip_folder, join_prompt
 from .denoiser import OneStepDenoiser
-from .schedule import VAE_SCALING_FACTOR, predict_x0
-from .sd_turbo import SDTurboSource
+from .errors import SourceError
+from .layer_cast import compute_in
+from .schedule import predict_x0
+from .sd_turbo import SDTurboSource, load_taesd_decoder
 from .tiling import tiled
 
 log = logging.getLogger(__name__)
@@ -81,8 +91,10 @@ class GenerativeDecoder:
         tile_above: int,
         fixed_prompt: str = FIXED_PROMPT,
         low_memory: bool = False,
+        vae_decoder: str | os.PathLike | None = None,
     ):
         self.sd_turbo = sd_turbo
+        self.vae_decoder = vae_decoder
         self.fixed_prompt = fixed_prompt
         self.low_memory = low_memory
         self.blip = blip
@@ -96,6 +108,7 @@ class GenerativeDecoder:
         self.tile_above = tile_above
         self._models: dict[str, object] = {}
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._loading = threading.RLock()
 
     @classmethod
     def from_sources(
@@ -113,6 +126,7 @@ class GenerativeDecoder:
         tile_above: int = 128,
         fixed_prompt: str = FIXED_PROMPT,
         low_memory: bool = False,
+        vae_decoder: str | os.PathLike | None = None,
     ) -> GenerativeDecoder:
         """Describe the decoder; nothing is loaded until first use (paths are checked now).
 
@@ -128,9 +142,12 @@ class GenerativeDecoder:
             tile_latent, tile_overlap: latent tile side and overlap (latent pixels, multiples of 8).
             tile_above: tile when the latent's longer side exceeds this (0 forces tiling).
             fixed_prompt: c_fix, appended to every caption (a ``.cadc`` file's hint carries it).
-            low_memory: release BLIP and the text encoder as soon as the text embedding exists
-                (about 2.2 GiB in float32), so they never sit in memory beside the UNet and VAE;
-                they reload on the next decode. Right for one-shot decodes such as the CLI.
+            low_memory: release each model as soon as its stage is done (BLIP and the text encoder
+                once the text embedding exists, the UNet before the VAE decoder runs, the VAE after),
+                so no two sit in memory together; they reload on the next decode. Right for one-shot
+                decodes such as the CLI.
+            vae_decoder: a TAESD decoder (file, ``vae_approx`` folder or diffusers folder) to use
+                instead of SD's VAE decoder: a fast, lower-quality preview.
 
         Raises:
             SourceError: a source path does not exist (the message says what to put where).
@@ -142,6 +159,8 @@ class GenerativeDecoder:
         source = SDTurboSource(sd_turbo)
         if blip is not None and caption and str(blip) != TINY:
             check_blip_folder(blip)
+        if vae_decoder is not None and not os.path.exists(os.path.expanduser(vae_decoder)):
+            raise SourceError(f"VAE decoder not found at {vae_decoder}: pass a TAESD decoder file or folder")
         adapter = None
         if adapter_state is not None and any(k.startswith("adapter.") for k in adapter_state):
             adapter = AdapterWeights.from_state_dict(adapter_state, adapter_config)
@@ -163,13 +182,25 @@ class GenerativeDecoder:
             tile_above,
             fixed_prompt,
             low_memory,
+            vae_decoder,
         )
 
     # -- lazily loaded models -------------------------------------------------------------------
     def _get(self, name: str, load: Callable[[], object]) -> object:
-        if name not in self._models:
-            self._models[name] = load()
-        return self._models[name]
+        with self._loading:
+            if name not in self._models:
+                self._models[name] = load()
+            return self._models[name]
+
+    def _stored_in_file_dtype(self) -> bool:
+        """Whether big models keep their file dtype and cast per layer (the CPU) or are cast whole."""
+        return self.device.type == "cpu"
+
+    def _load(self, module: M) -> M:
+        """``module`` (CPU, file dtype) ready to run: per-layer cast on the CPU, cast whole elsewhere."""
+        if self._stored_in_file_dtype():
+            return compute_in(module, self.dtype)
+        return _place(module, self.device, self.dtype)
 
     @property
     def captioner(self) -> Captioner:
@@ -179,7 +210,7 @@ class GenerativeDecoder:
     @property
     def text_encoder(self) -> torch.nn.Module:
         """SD-Turbo text encoder on device/dtype."""
-        return self._get("text_encoder", lambda: _place(self.sd_turbo.load_text_encoder(), self.device, self.dtype))  # type: ignore[return-value]
+        return self._get("text_encoder", lambda: self._load(self.sd_turbo.load_text_encoder()))  # type: ignore[return-value]
 
     @property
     def tokenizer(self):
@@ -191,15 +222,29 @@ class GenerativeDecoder:
         """UNet + adapter on device/dtype (LoRA merged)."""
 
         def load() -> OneStepDenoiser:
+            if self._stored_in_file_dtype():
+                den = OneStepDenoiser(
+                    self.sd_turbo.load_unet(), self.adapter, self.adapter_config, merge=False, adapter_dtype=self.dtype
+                )
+                compute_in(den.unet, self.dtype)
+                return den
             unet = _place(self.sd_turbo.load_unet(), self.device, self.dtype)
-            return OneStepDenoiser(unet, self.adapter, self.adapter_config)
+            return _place(OneStepDenoiser(unet, self.adapter, self.adapter_config), self.device, self.dtype)
 
         return self._get("denoiser", load)  # type: ignore[return-value]
 
     @property
     def vae(self) -> torch.nn.Module:
-        """SD VAE on device/dtype (only its decoder is used)."""
-        return self._get("vae", lambda: _place(self.sd_turbo.load_vae(), self.device, self.dtype))  # type: ignore[return-value]
+        """The VAE decoder on device/dtype: SD's (encoder dropped) or TAESD when ``vae_decoder`` is set."""
+
+        def load() -> torch.nn.Module:
+            if self.vae_decoder is not None:
+                return _place(load_taesd_decoder(self.vae_decoder), self.device, self.dtype)
+            vae = self.sd_turbo.load_vae()
+            vae.encoder = vae.quant_conv = None  # decoding needs post_quant_conv and the decoder only
+            return _place(vae, self.device, self.dtype)
+
+        return self._get("vae", load)  # type: ignore[return-value]
 
     def free(self) -> None:
         """Drop every loaded model and cached text embedding (they reload on next use)."""
@@ -258,7 +303,7 @@ class GenerativeDecoder:
     def vae_decode(self, l_0: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         """Image [B, 3, 8h, 8w] float32 in 0..1 from l_0 [B, 4, h, w] in UNet units."""
         vae = self.vae
-        z = (l_0 / VAE_SCALING_FACTOR).to(self.device, self.dtype)
+        z = (l_0 / vae.config.scaling_factor).to(self.device, self.dtype)  # TAESD: 1 (it takes UNet units)
 
         def dec(tile: torch.Tensor) -> torch.Tensor:
             return vae.decode(tile, return_dict=False)[0]
@@ -306,8 +351,12 @@ class GenerativeDecoder:
             _stage(progress, "text_encode")(1, 1)
         with stage_timer(seconds, "unet"):
             l_0 = self.denoise(l_t, text, progress)
+            if self.low_memory:
+                self._release("denoiser")
         with stage_timer(seconds, "vae_decode"):
             image = self.vae_decode(l_0, progress)[:, :, :H, :W].contiguous()
+            if self.low_memory:
+                self._release("vae")
         return GenerativeResult(image, captions, prompts, seconds, _peak_mib(self.device), self._tiling(h, w))
 
 

@@ -18,12 +18,20 @@ Sources (``SDTurboSource(spec)``):
   or the BPE file of an installed ``open_clip_torch``.
 
 Models are built with parameters on the meta device and the weights assigned (no random init), and
-returned on the CPU in the file's dtype; the caller moves and casts them.
+returned on the CPU in the file's dtype; the caller moves and casts them. The weights are memory-mapped
+from the file (copy-on-write, no read into a second buffer): a float16 UNet costs its file size once,
+and its pages go back to the system when the model is released.
+
+Fast-preview VAE decoder (:func:`load_taesd_decoder`): TAESD (madebyollin/taesd) as diffusers'
+``AutoencoderTiny``, from a diffusers folder, a single decoder file in the original layout
+(``taesd_decoder.safetensors`` / ``.pth`` as ComfyUI keeps it in ``models/vae_approx``) or in diffusers'
+layout, or a ``vae_approx`` folder holding ``taesd_decoder.*``.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -31,7 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
@@ -201,10 +209,103 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
 def _read_safetensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Tensors of ``path`` whose names start with ``prefix`` (names kept), read lazily by key."""
+    """Tensors of ``path`` whose names start with ``prefix`` (names kept), memory-mapped.
+
+    The file is first opened with ``safetensors`` (which validates the header: offsets inside the
+    file, no overlaps), then mapped copy-on-write: the tensors share the file's pages (nothing is
+    read until used, nothing is copied unless written) and keep the mapping alive while they live.
+    Tensors of dtypes ``safetensors`` names but :data:`_SAFETENSORS_DTYPES` lacks, or whose offset is
+    not aligned to their element size, are read by ``safetensors`` instead.
+    """
     with safe_open(path, framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+        names = [k for k in f.keys() if k.startswith(prefix)]
+        with open(path, "rb") as raw:
+            header_len = int.from_bytes(raw.read(8), "little")
+            header = json.loads(raw.read(header_len))
+            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_COPY) if names else None
+        tensors = {}
+        for name in names:
+            info = header[name]
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            start, end = (8 + header_len + offset for offset in info["data_offsets"])
+            if dtype is None or start % dtype.itemsize or end == start:
+                tensors[name] = f.get_tensor(name)
+                continue
+            flat = torch.frombuffer(mapped, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start)
+            tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+TAESD_DECODER_NAMES = ("taesd_decoder.safetensors", "taesd_decoder.pth", "taesd_decoder.pt")
+"""File names of the SD 1/2 TAESD decoder in ComfyUI's ``models/vae_approx``."""
+TAESD_HINT = (
+    "download taesd_decoder.safetensors (or .pth) from madebyollin/taesd into <ComfyUI>/models/vae_approx "
+    "and pass that folder or file, or pass a diffusers copy of madebyollin/taesd"
+)
+
+
+def load_taesd_decoder(spec: str | os.PathLike) -> AutoencoderTiny:
+    """TAESD's decoder as diffusers' ``AutoencoderTiny`` (encoder absent), on the CPU in the file's dtype.
+
+    Args:
+        spec: a diffusers ``AutoencoderTiny`` folder, a ``vae_approx`` folder with ``taesd_decoder.*``,
+            or one decoder file (``.safetensors``, or ``.pth``/``.pt`` read with ``weights_only``), in
+            the original layout (``1.weight``, ``3.conv.0.weight``, …) or diffusers' (``decoder.layers.*``).
+
+    Raises:
+        SourceError: the path is missing, holds no TAESD decoder, or its tensors do not fit TAESD.
+    """
+    path = Path(spec).expanduser()
+    config: dict = {}
+    if path.is_dir() and (path / "config.json").is_file():
+        config = _read_json(path / "config.json")
+        files = [path / f for f in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")]
+    elif path.is_dir():
+        files = [path / name for name in TAESD_DECODER_NAMES]
+    else:
+        files = [path]
+    weights = next((f for f in files if f.is_file()), None)
+    if weights is None:
+        raise SourceError(f"no TAESD decoder at {path}: {TAESD_HINT}")
+    if weights.suffix in (".pth", ".pt"):
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle/zip errors come in many types
+            raise SourceError(f"{weights} is not a readable TAESD decoder file: {error}") from error
+    elif weights.suffix == ".safetensors":
+        state = _read_safetensors(weights)
+    else:
+        raise SourceError(f"{weights} is neither .safetensors nor .pth: {TAESD_HINT}")
+    decoder_state = _taesd_decoder_state(state, weights)
+    with _parameters_on_meta():
+        model = AutoencoderTiny.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    try:
+        model.decoder.load_state_dict(decoder_state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise SourceError(f"{weights}: the tensors do not fit TAESD's decoder: {str(e).splitlines()[0]} ...") from e
+    model.encoder = None  # never used for decoding; its parameters were never materialised
+    return model.eval().requires_grad_(False)
+
+
+def _taesd_decoder_state(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """``layers.*`` names of ``DecoderTiny`` from the original TAESD layout or diffusers' layout."""
+    if any(k.startswith("decoder.layers.") for k in state):
+        return {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.layers.")}
+    out = {}
+    for key, value in state.items():
+        index, _, rest = key.partition(".")
+        if not index.isdigit() or int(index) < 1 or not rest:
+            raise SourceError(f"{source} does not look like a TAESD decoder (tensor {key!r}): {TAESD_HINT}")
+        out[f"layers.{int(index) - 1}.{rest}"] = value  # the original's layer 0 is the tanh clamp
+    return out
 
 
 def fit_prefix(state: dict[str, torch.Tensor], model_keys: Iterable[str], prefix: str) -> dict[str, torch.Tensor]:
