@@ -21,6 +21,7 @@ from typing import Any
 
 import PIL
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from .. import __version__
@@ -35,7 +36,7 @@ from .fid import DEFAULT_MIN_PATCHES, PatchFeatures, fid_kid
 from .metrics import ImageMetrics
 from .plots import plot_rd
 from .published import read_published
-from .resampled import Choice, LadderCache, RateLadder
+from .resampled import Choice, LadderCache
 from .results import FORMAT, bd_rates_in, mean_of, stage_totals, summary_table, write_csv, write_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -221,15 +222,13 @@ class Evaluator:
         return scores
 
     # -- classical baselines -------------------------------------------------------------------------
-    def _ladder(self, name: str, stem: str, x: torch.Tensor) -> RateLadder:
-        base = BASELINES[name].base
-        return self.ladders.get(base, CODECS[base], stem, to_pil_rgb8(x))
-
     def _evaluate_choice(
-        self, run: _Run, name: str, stem: str, path: Path, x: torch.Tensor, target_bpp: float
+        self, run: _Run, name: str, stem: str, path: Path, x: torch.Tensor, pil: Image.Image, target_bpp: float
     ) -> Choice:
-        """Pick baseline ``name``'s best (factor, quality) at ≤ ``target_bpp`` for one image; score; file it."""
-        ladder = self._ladder(name, stem, x)
+        """Pick baseline ``name``'s best (factor, quality) at ≤ ``target_bpp`` for one image (``x`` [1, 3, H, W]
+        in 0..1, ``pil`` the same as 8-bit RGB); score; file it."""
+        base = BASELINES[name].base
+        ladder = self.ladders.get(base, CODECS[base], stem, pil)
         t = time.perf_counter()
         choice = ladder.select(BASELINES[name].factors, target_bpp)
         search_seconds = time.perf_counter() - t
@@ -273,9 +272,10 @@ class Evaluator:
         picks: dict[tuple[str, float], list[tuple[int, int]]] = {key: [] for key in runs}
         for path, stem in tqdm(images, desc="baseline sweep", unit="img", disable=not self.config.progress):
             x = load_image(path).tensor
+            pil = to_pil_rgb8(x)
             for name in self.sweep:
                 for target in targets:
-                    choice = self._evaluate_choice(runs[name, target], name, stem, path, x, target)
+                    choice = self._evaluate_choice(runs[name, target], name, stem, path, x, pil, target)
                     picks[name, target].append((choice.factor, choice.quality))
                 self.ladders.save(BASELINES[name].base, stem)
             for ladder in self.ladders.loaded.values():
@@ -344,8 +344,9 @@ class Evaluator:
         for path, stem in tqdm(images, desc=f"eval {prefix}{label}", unit="img", disable=not self.config.progress):
             image = load_image(path)
             cadc_bpp = self._evaluate_cadc(codec, decoder, image, path, stem, runs)
+            pil = to_pil_rgb8(image.tensor)
             for name, run in matched.items():
-                self._evaluate_choice(run, name, stem, path, image.tensor, cadc_bpp)
+                self._evaluate_choice(run, name, stem, path, image.tensor, pil, cadc_bpp)
                 self.ladders.save(BASELINES[name].base, stem)
             for ladder in self.ladders.loaded.values():
                 ladder.release()
