@@ -304,12 +304,16 @@ INFO_JS = """(id) => {
 
 RUN_STATE_JS = """() => {
     window.__cadcRun = null;
+    window.__cadcCached = [];
     if (window.__cadcListening) return;
     window.__cadcListening = true;
     const api = window.comfyAPI.api.api;
+    api.addEventListener('execution_cached', (e) => { window.__cadcCached = e.detail.nodes.map(String); });
     api.addEventListener('execution_success', (e) => { window.__cadcRun = {ok: true, ...e.detail}; });
     api.addEventListener('execution_error', (e) => { window.__cadcRun = {ok: false, ...e.detail}; });
 }"""
+"""Records how the next run ends (``__cadcRun``) and which nodes it took from ComfyUI's cache
+(``__cadcCached``: those do not run again, so they show no new info box)."""
 
 SHOWN_IMAGE_JS = "(id) => window.comfyAPI.app.app.graph.getNodeById(id)?.imgs?.[0]?.naturalWidth > 0"
 """Whether an image node (Save/Preview Image) shows a loaded picture."""
@@ -346,6 +350,7 @@ def test_a_new_user_opens_and_runs_every_template_in_the_browser(server, tmp_pat
     to the test's temporary folder.
     """
     assert sorted(EXPECTED_OUTPUTS) == sorted(WORKFLOWS)
+    ran_info: set[str] = set()
     with frontend_page(server) as page:
         for name in WORKFLOWS:
             workflow = json.loads((TEMPLATES_DIR / f"{name}.json").read_text())
@@ -380,7 +385,11 @@ def test_a_new_user_opens_and_runs_every_template_in_the_browser(server, tmp_pat
                 assert distinct_colours(page.screenshot(clip=rect)) > distinct_colours(empty[node_id]) + 500
             new_files = sorted(set(server.output_dir.rglob("*.cadc")) - before)
             assert len(new_files) == EXPECTED_OUTPUTS[name]["cadc"], f"{name}: {new_files}"
-            info_nodes = [ids[k] for k in ("CADCEncode", "CADCSave", "CADCLoadBitstream", "CADCCaption") if k in ids]
+            cached = set(page.evaluate("() => window.__cadcCached"))
+            info_nodes = [
+                ids[k] for k in ("CADCEncode", "CADCSave", "CADCLoadBitstream", "CADCCaption") if k in ids
+            ]
+            info_nodes = [i for i in info_nodes if str(i) not in cached]
             for node_id in info_nodes:
                 info = page.evaluate(INFO_JS, node_id)
                 assert info and info["shown"] and info["width"] > 50 and info["height"] > 20, f"{name}: {info}"
@@ -388,10 +397,14 @@ def test_a_new_user_opens_and_runs_every_template_in_the_browser(server, tmp_pat
             if "CADCSave" in ids:
                 text = page.evaluate(INFO_JS, ids["CADCSave"])["text"]
                 assert text.startswith(f"{new_files[0].name}: 512x512") and "bpp" in text, text
-            if "CADCLoadBitstream" in ids:
+            if ids.get("CADCLoadBitstream") in info_nodes:
                 assert f"model: {DEFAULT_MODEL_FILE}" in page.evaluate(INFO_JS, ids["CADCLoadBitstream"])["text"]
-            if "CADCCaption" in ids:
+            if ids.get("CADCCaption") in info_nodes:
                 assert page.evaluate(INFO_JS, ids["CADCCaption"])["text"].startswith("caption: ")
+            ran_info.update(f"{name}:{k}" for k, i in ids.items() if i in info_nodes)
         errors = page.cadc_errors
     assert not [e for e in errors if "cadc" in e.lower()], errors
+    # every kind of info box was checked on a node that really ran (the first template using it)
+    expected_info = {"cadc_compress:CADCEncode", "cadc_compress:CADCSave", "cadc_decompress:CADCLoadBitstream"}
+    assert expected_info | {"cadc_decompress:CADCCaption", "cadc_roundtrip:CADCSave"} <= ran_info, ran_info
     assert os.listdir(tmp_path), "screenshots"

@@ -4,7 +4,7 @@ This script is their single source: ``python workflows/build_templates.py`` rewr
 and ``tests/test_nodes_workflows.py`` fails when a file differs from what it builds. ComfyUI serves
 ``example_workflows/*.json`` under *Workflow → Browse Templates*, each with its ``<name>.jpg``
 thumbnail: ``python workflows/build_templates.py --thumbnails DIR`` makes them from the
-``<name>_done.png`` screenshots the browser test leaves in its temporary folder (run it with
+screenshots the browser test leaves in its temporary folder (see :data:`THUMBNAIL_SHOTS`) (run it with
 ``pytest --basetemp DIR -m browser tests/test_nodes_comfyui.py``, then look in DIR's sub-folders).
 
 Every template uses the best shipped model (``cadc.model_lookup.DEFAULT_MODEL_FILE``), the sample
@@ -27,6 +27,8 @@ SAMPLE_CADC = "cadc_astronaut.cadc"
 SD_TURBO_CHECKPOINT = "sd_turbo.safetensors"
 BLIP_FOLDER = "blip-image-captioning-base"
 
+THUMBNAIL_CROP = (64, 80, 1600, 720)
+"""The canvas part of the browser test's 1600×1000 screenshots (no menu bar, no side bar)."""
 GROUP_COLOURS = {"input": "#3f789e", "encode": "#8A8", "decode": "#a1309b", "denoise": "#b58b2a"}
 
 
@@ -238,16 +240,27 @@ def render(name: str) -> str:
     return json.dumps(TEMPLATES[name]().to_json(), indent=1, ensure_ascii=False) + "\n"
 
 
+THUMBNAIL_SHOTS = {
+    "cadc_compress": "done",
+    "cadc_decompress_aux": "done",
+    "cadc_decompress": "loaded",
+    "cadc_roundtrip": "loaded",
+}
+"""Which screenshot each thumbnail shows: the finished run where the pack alone made the pictures,
+the graph before the run where the browser test's random stand-in for SD-Turbo would show noise."""
+
+
 def write_thumbnails(screenshots: Path, width: int = 640) -> None:
-    """``<name>.jpg`` from the newest ``<name>_done.png`` under ``screenshots`` (the run's final canvas)."""
+    """``<name>.jpg`` from the newest ``<name>_<done|loaded>.png`` under ``screenshots``."""
     from PIL import Image
 
     for name in TEMPLATES:
-        found = sorted(screenshots.rglob(f"{name}_done.png"), key=lambda p: p.stat().st_mtime)
+        shot_name = f"{name}_{THUMBNAIL_SHOTS[name]}.png"
+        found = sorted(screenshots.rglob(shot_name), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise SystemExit(f"no {name}_done.png under {screenshots}")
+            raise SystemExit(f"no {shot_name} under {screenshots}")
         with Image.open(found[-1]) as shot:
-            image = shot.convert("RGB")
+            image = shot.convert("RGB").crop(THUMBNAIL_CROP)
         image = image.resize((width, round(image.height * width / image.width)), Image.Resampling.LANCZOS)
         image.save(OUTPUT_DIR / f"{name}.jpg", quality=85)
         print(f"wrote {OUTPUT_DIR / name}.jpg from {found[-1]}")
