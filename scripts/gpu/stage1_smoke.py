@@ -34,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--work", type=Path, help="folder for the sources and the run (GBs; default OUT/work)")
     parser.add_argument("--tiny", action="store_true", help="tiny stand-ins (CPU dry run of this script)")
     args = parser.parse_args()
 
@@ -44,7 +45,7 @@ def main() -> None:
     from cadc.training.trainer import train
 
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.out / "work"
+    work = args.work or args.out / "work"
     started = time.perf_counter()
     if args.tiny:
         sources = {"sd_turbo": "tiny-random", "lpips": "tiny-random", "clip": "tiny-random"}

@@ -14,6 +14,7 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install --quiet --no-index --no-deps .whl/*.whl
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-PYTHONUNBUFFERED=1 timeout 450 "$PYTHON" scripts/gpu/stage1_smoke.py --out "$OUT" --steps "${STEPS:-50}" 2>&1 \
-    | tr '\r' '\n' | grep -v '^cadc train stage1: .*it/s\]$' | tee "$OUT/stage1_smoke.log"
-rm -rf "$OUT/work"  # sources and checkpoints (GBs) stay on the machine
+WORK=${WORK:-/tmp/stage1-smoke-work}  # sources and checkpoints (GBs): kept out of $OUT
+PYTHONUNBUFFERED=1 timeout 450 "$PYTHON" scripts/gpu/stage1_smoke.py --out "$OUT" --work "$WORK" --steps "${STEPS:-50}" \
+    2>&1 | tr '\r' '\n' | grep -v '^cadc train stage1: .*it/s\]$' | tee "$OUT/stage1_smoke.log"
+rm -rf "$WORK"
