@@ -125,8 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="rate-distortion evaluation: metrics, Pillow baselines at matched bpp, RD plots, BD-rate",
-        description="Evaluate CADC models on a folder of images; writes results.json, results.csv and "
-        "rd_curves.png to --out. Or, with --bd-rate, compare two results.json files.",
+        description="Evaluate CADC models and classical baselines on a folder of images; writes results.json, "
+        "results.csv, rd_curves.png (and bd_rate.json) to --out. Or, with --bd-rate, compare two results.json files.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
