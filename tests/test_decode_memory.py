@@ -224,3 +224,34 @@ def test_cli_decompress_with_vae_decoder(capsys, tmp_path, taesd):
 
 def test_bundled_vae_config_scaling_factor():
     assert json.loads((CONFIG_DIR / "vae" / "config.json").read_text())["scaling_factor"] == 0.18215
+
+
+@pytest.mark.comfyui
+def test_comfyui_vae_loader_taesd_decodes_like_vae_decoder_option(taesd):
+    """The fast-preview template's path (stock VAE Loader "taesd" → VAE Decode) equals --vae-decoder."""
+    import sys
+
+    from tests.comfyui_harness import find_comfyui
+
+    comfy_dir, reason = find_comfyui()
+    if comfy_dir is None:
+        pytest.skip(reason)
+    if str(comfy_dir) not in sys.path:
+        sys.path.append(str(comfy_dir))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy.sd
+    from comfy.taesd.taesd import Encoder
+
+    reference, folder = taesd
+    sd = {f"taesd_encoder.{k}": v for k, v in Encoder().state_dict().items()}  # VAELoader loads both halves
+    sd.update({f"taesd_decoder.{k}": v for k, v in reference.state_dict().items()})
+    sd.update(vae_scale=torch.tensor(0.18215), vae_shift=torch.tensor(0.0))  # nodes.VAELoader.load_taesd("taesd")
+    vae = comfy.sd.VAE(sd=sd)
+    l_0 = torch.randn(1, 4, 8, 10)
+    comfy_image = vae.decode(l_0 / 0.18215).reshape(1, 64, 80, 3)  # a LATENT holds raw VAE units
+    decoder = GenerativeDecoder.from_sources("tiny-random", latent_channels=LATENT_CHANNELS, vae_decoder=folder)
+    with torch.inference_mode():
+        ours = decoder.vae_decode(l_0).permute(0, 2, 3, 1)
+    assert torch.allclose(comfy_image.float().cpu(), ours, atol=1e-4)
