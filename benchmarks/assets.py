@@ -12,7 +12,9 @@ loaders read real weights:
   plus a processor with a synthetic 30,524-entry WordPiece vocabulary. The end-of-caption token is
   suppressed, so every caption runs the full ``MAX_NEW_TOKENS`` greedy steps (an upper bound of
   the caption cost; real BLIP captions stop after ~10-15 tokens);
-* ``<cache>/codec-<preset>.safetensors`` — ``build_tiny_random(get_preset(...))`` checkpoints.
+* ``<cache>/codec-<preset>.safetensors`` — ``build_tiny_random(get_preset(...))`` checkpoints;
+* ``<cache>/vae_approx/taesd_decoder.safetensors`` — a seeded random TAESD decoder (diffusers'
+  ``AutoencoderTiny`` defaults) in the original layout ComfyUI keeps in ``models/vae_approx``.
 
 Timing a run then includes real loading code paths (safetensors → module, float16 → float32
 cast), and the weights are identical across runs and machines (seeded).
@@ -132,10 +134,34 @@ def codec_checkpoint(preset: str, cache: Path = DEFAULT_CACHE) -> Path:
     return path
 
 
+def taesd_folder(cache: Path = DEFAULT_CACHE) -> Path:
+    """A ``vae_approx`` folder with a seeded random TAESD decoder (original layout, float32, ~5 MB)."""
+    folder = cache / "vae_approx"
+    path = folder / "taesd_decoder.safetensors"
+    if not path.is_file():
+        from diffusers import AutoencoderTiny
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED + 4)
+            decoder = AutoencoderTiny().decoder
+        # diffusers' decoder.layers.{i} is the original's {i+1} (its layer 0 is the tanh clamp)
+        state = {}
+        for key, value in decoder.state_dict().items():
+            index, _, rest = key.removeprefix("layers.").partition(".")
+            state[f"{int(index) + 1}.{rest}"] = value.detach().contiguous()
+        tmp = folder / f".taesd.tmp-{os.getpid()}"
+        save_file(state, str(tmp))
+        os.replace(tmp, path)
+    return folder
+
+
 def ensure_all(presets: list[str], cache: Path = DEFAULT_CACHE) -> dict[str, str]:
     """Build whatever is missing; return the paths the child processes load from."""
     cache.mkdir(parents=True, exist_ok=True)
     paths = {"sd_turbo": str(sd_turbo_folder(cache)), "blip": str(blip_folder(cache))}
+    paths["taesd"] = str(taesd_folder(cache))
     for preset in presets:
         paths[f"codec_{preset}"] = str(codec_checkpoint(preset, cache))
     return paths

@@ -6,11 +6,19 @@ loading are its own, as with ``cadc compress`` and ``cadc decompress``.
 
 ``encode``: load the codec, encode the test image twice with ``exact=True`` (the first call also
 builds the cached float64 copies of g_a, h_a and f_u; the second is reported), once with
-``exact=False`` (fast path), and write the ``.cadc`` file for the decode phase.
+``exact=False`` (fast path), and write the ``.cadc`` file for the decode phase. With
+``encode_repeats: 1`` (the large encode-only runs) the float64 copies are built first
+(``prepare``), then one exact and one fast encode are timed; ``peak_rss_exact_mib`` is the peak
+after the exact encode.
 
 ``decode``: load the codec and every generative model up front (timed per model), then decode the
 file ``decode_repeats`` times with one :class:`cadc.generative.GenerativeDecoder`; the first
-decode is reported, the second checks that nothing is loaded again.
+decode is reported, the second checks that nothing is loaded again. With ``low_memory`` the decode
+runs as ``cadc decompress`` does: the generative models load on first use (their loading time is
+part of their stage) and each is released once its stage is done.
+
+``taesd``: time the TAESD decoder (``GenerativeDecoder.vae_decode`` with ``vae_decoder``, tiled as
+the pipeline tiles) on a random latent of the run's size.
 """
 
 from __future__ import annotations
@@ -30,7 +38,19 @@ ASTRONAUT = Path(__file__).resolve().parents[1] / "cadc" / "assets" / "astronaut
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux: ru_maxrss is in KiB)."""
+    """Peak resident set size of this process so far.
+
+    Linux: ``VmHWM`` of /proc/self/status. Not ``ru_maxrss``: Linux carries a parent's peak into a
+    forked child's ``ru_maxrss`` (even across exec), so a child of a big parent would report the
+    parent's peak. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
@@ -84,13 +104,22 @@ def run_encode(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
     codec, load_s = timed(lambda: load_codec(spec["codec"], device=device), device)
     x = test_image(spec["width"], spec["height"]).to(device)
-    encoded, first_s = timed(lambda: encode_tensor(codec, x, exact=True)[0], device)
-    encoded, _ = timed(lambda: encode_tensor(codec, x, exact=True)[0], device)
-    timed(lambda: encode_tensor(codec, x, exact=False)[0], device)  # warm-up
-    fast, _ = timed(lambda: encode_tensor(codec, x, exact=False)[0], device)
-    write_cadc(spec["cadc_path"], encoded.file)
+    if spec.get("encode_repeats", 2) == 1:
+        _, first_s = timed(codec.prepare, device)
+        encoded, _ = timed(lambda: encode_tensor(codec, x, exact=True)[0], device)
+        peak_exact = peak_rss_mib()
+        fast, _ = timed(lambda: encode_tensor(codec, x, exact=False)[0], device)
+    else:
+        encoded, first_s = timed(lambda: encode_tensor(codec, x, exact=True)[0], device)
+        encoded, _ = timed(lambda: encode_tensor(codec, x, exact=True)[0], device)
+        peak_exact = peak_rss_mib()
+        timed(lambda: encode_tensor(codec, x, exact=False)[0], device)  # warm-up
+        fast, _ = timed(lambda: encode_tensor(codec, x, exact=False)[0], device)
+    if spec.get("cadc_path"):
+        write_cadc(spec["cadc_path"], encoded.file)
     report = encoded.report()
     return {
+        "peak_rss_exact_mib": peak_exact,
         "load_s": {"codec": load_s},
         "encode_s": encoded.seconds["total"],
         "encode_first_s": first_s,
@@ -168,8 +197,8 @@ def run_decode(spec: dict[str, Any]) -> dict[str, Any]:
         models = {"tokenizer": "tokenizer", "text_encoder": "text_encoder", "unet": "denoiser", "vae": "vae"}
         if caption:
             models["blip"] = "captioner"
-        if decoder.low_memory:  # these load on first use inside decode and are released after it
-            models = {k: v for k, v in models.items() if v not in ("text_encoder", "captioner")}
+        if decoder.low_memory:  # as the CLI: every model loads on first use and is released after its stage
+            models = {"tokenizer": "tokenizer"}
         rss_by_model = {"codec": current_rss_mib()}
         # The decoder-side float64 copies (h_s, quadtree context) are built on first use; build them
         # here so that the reported decode is a warm one.
@@ -204,6 +233,7 @@ def run_decode(spec: dict[str, Any]) -> dict[str, Any]:
         "loader_calls_before_decoding": loads_before,
         "loader_calls_after_decoding": loads_after,
         "loaded_twice": loads_after != loads_before or any(v > 1 for v in loads_after.values()),
+        "low_memory": decoder.low_memory,
         "peak_rss_mib": peak_rss_mib(),
         **cuda_peak(device),
     }
@@ -224,6 +254,24 @@ def decode_once(codec, cadc_file, decoder, caption: bool, device: torch.device, 
     return {"decode_s": total, "stages": stages, "caption": result.captions[0], "tiled": result.tiled}
 
 
+def run_taesd(spec: dict[str, Any]) -> dict[str, Any]:
+    """TAESD phase (see the module docstring): load time, decode time and peak memory."""
+    from cadc.generative import GenerativeDecoder
+
+    device = torch.device(spec["device"])
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[spec["dtype"]]
+    decoder = GenerativeDecoder.from_sources(
+        "tiny-random", latent_channels=4, device=device, dtype=dtype, vae_decoder=spec["taesd"],
+        tile_latent=spec["tile_latent"], tile_overlap=spec["tile_overlap"], tile_above=spec["tile_above"],
+    )
+    _, load_s = timed(lambda: decoder.vae, device)
+    h, w = -(-spec["height"] // 64) * 8, -(-spec["width"] // 64) * 8  # the padded image's latent grid
+    l_0 = torch.randn(1, 4, h, w, generator=torch.Generator().manual_seed(0))
+    timed(lambda: decoder.vae_decode(l_0[..., :8, :8]), device)  # warm-up
+    _, seconds = timed(lambda: decoder.vae_decode(l_0), device)
+    return {"load_s": load_s, "taesd_s": seconds, "peak_rss_mib": peak_rss_mib(), **cuda_peak(device)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.child SPEC.json OUT.json``."""
     spec_path, out_path = argv or sys.argv[1:3]
@@ -232,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(spec["threads"]))
     if spec["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = run_encode(spec) if spec["phase"] == "encode" else run_decode(spec)
+    phases = {"encode": run_encode, "decode": run_decode, "taesd": run_taesd}
+    result = phases[spec["phase"]](spec)
     result["threads"] = torch.get_num_threads()
     Path(out_path).write_text(json.dumps(result, indent=1))
     return 0

@@ -9,8 +9,9 @@ not in torch's FLOP registry: counting real CPU runs misses attention, which is 
 note's 1.015 TFLOP UNet figure at 768×512 is lower than the 1.31 TFLOP counted here; the VAE
 decoder's 3.72 TFLOP convolution part matches).
 
-Tiled stages are counted through :func:`cadc.generative.tiling.tiled` itself, so the overlap
-recomputation of tiling is included.
+Tiled stages are counted through :func:`cadc.generative.tiling.tiled` and
+:func:`cadc.tiled_analysis.tiled_analysis` themselves, so the overlap recomputation of tiling is
+included. ``taesd_flops`` counts the TAESD fast-preview decoder (diffusers' ``AutoencoderTiny``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cadc.config import CodecConfig
 from cadc.model import DOWNSCALE, LATENT_DOWNSCALE, hyper_grid
 from cadc.quadtree import NUM_STEPS, QuadtreeContext
+from cadc.tiled_analysis import tiled_analysis
 from cadc.transforms import AnalysisTransform, AuxDecoder, HyperAnalysis, HyperSynthesis, SynthesisTransform
 from cadc.ugaq import UncertaintyQuantizer
 
@@ -56,7 +58,9 @@ def codec_flops(config: CodecConfig, height: int, width: int, aux: bool = True) 
     y_pad = torch.zeros(1, config.y_channels, 4 * zh, 4 * zw, device=META)
     z = torch.zeros(1, config.z_channels, zh, zw, device=META)
     latent = torch.zeros(1, 4, height // LATENT_DOWNSCALE, width // LATENT_DOWNSCALE, device=META)
-    flops = {"g_a": count(lambda: g_a(x)), "hyperprior": count(lambda: h_a(y_pad))}
+    # g_a as the exact encoder runs it: float64, over tiles (the halo recomputation included)
+    g_a64 = g_a.to(torch.float64)
+    flops = {"g_a": count(lambda: tiled_analysis(g_a64, x)), "hyperprior": count(lambda: h_a(y_pad))}
     flops["ugaq"] = count(lambda: ugaq.step(y, z)) if config.ugaq else 0
 
     def entropy_nets() -> None:
@@ -131,3 +135,20 @@ def generative_flops(
         "unet": count(run_unet),
         "vae_decode": count(run_vae),
     }
+
+
+def taesd_flops(height: int, width: int, tile_latent: int, tile_overlap: int, tile_above: int) -> int:
+    """FLOPs of the TAESD decoder for a padded ``height`` × ``width`` image, tiled as the pipeline tiles."""
+    from diffusers import AutoencoderTiny
+
+    from cadc.generative.tiling import tiled
+
+    with META:
+        decoder = AutoencoderTiny().eval()
+    h, w = height // LATENT_DOWNSCALE, width // LATENT_DOWNSCALE
+    l_0 = torch.zeros(1, 4, h, w, device=META)
+
+    def dec(tile: torch.Tensor) -> torch.Tensor:
+        return decoder.decode(tile, return_dict=False)[0]
+
+    return count(lambda: tiled(dec, l_0, tile_latent, tile_overlap, scale=8) if max(h, w) > tile_above else dec(l_0))

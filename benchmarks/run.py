@@ -5,6 +5,8 @@ Usage (from the repository root)::
     python benchmarks/run.py --quick            # 256², CADC and M0, < 2 min on a 2-core CPU
     python benchmarks/run.py                    # 256², 512², 768×512, 1024², 2048×1365
     python benchmarks/run.py --sizes 768x512 --presets cadc --device cuda
+    python benchmarks/run.py --no-decode --encode-sizes 1728x1152 4032x3024 6000x4000   # large photos
+    python benchmarks/run.py --no-decode --folder 8 --folder-generative 2               # folder throughput
 
 For every preset (``cadc`` = full CADC; ``m0`` = no UGAQ and no caption, the paper's base model)
 and size, an *encode* and a *decode* phase each run in a fresh subprocess
@@ -12,6 +14,12 @@ and size, an *encode* and a *decode* phase each run in a fresh subprocess
 counted on the meta device (:mod:`benchmarks.flops`). The JSON report (``machine``, ``runs``,
 ``targets``) and a PNG plot go to ``--out`` (default ``results/bench/``); the report is rewritten
 after every run, so an interrupted full run keeps what it measured.
+
+Besides ``runs``: ``encode_runs`` (``--encode-sizes``: encode-only runs of large photos, exact and
+fast path once each, peak RSS of the exact encode), ``folder`` (``--folder N``: images/s of
+``cadc compress DIR`` and ``cadc decompress DIR``, see :mod:`benchmarks.throughput`) and
+``vae_decoders`` (``--taesd``: FLOPs and seconds of SD's VAE decoder against TAESD at each decode
+size; the SD VAE seconds come from the decode run).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``python benchmarks/run.py`` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import assets, flops, report  # noqa: E402
+from benchmarks import assets, flops, report, throughput  # noqa: E402
 
 FULL_SIZES = ["256x256", "512x512", "768x512", "1024x1024", "2048x1365"]
 QUICK_SIZES = ["256x256"]
@@ -93,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         help="decode as the CLI does: models load on first use, BLIP and the text encoder are released "
         "before the UNet runs (one decode per process; the loaded-twice check does not apply)",
     )
+    parser.add_argument("--no-decode", action="store_true", help="skip the encode+decode runs of --sizes")
+    parser.add_argument("--encode-sizes", nargs="+", default=[], metavar="WxH",
+                        help="encode-only runs of large photos (cadc preset), e.g. 1728x1152 4032x3024 6000x4000")
+    parser.add_argument("--folder", type=int, default=0, metavar="N", help="folder throughput with N images")
+    parser.add_argument("--folder-size", default="768x512", metavar="WxH")
+    parser.add_argument("--folder-jobs", type=int, nargs="+", default=[1, 2], metavar="J")
+    parser.add_argument("--folder-generative", type=int, default=0, metavar="M",
+                        help="also decode M of the folder's files generatively (no caption)")
+    parser.add_argument("--taesd", action="store_true", help="time the TAESD decoder at each decode size")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     parser.add_argument("--cache", type=Path, default=assets.DEFAULT_CACHE, help="random-weights cache folder")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per child process")
@@ -103,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("float16" if device == "cuda" else "float32")
-    sizes = [parse_size(s) for s in (args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES))]
+    requested = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
+    sizes = [] if args.no_decode else [parse_size(s) for s in requested]
     sizes.sort(key=lambda wh: wh[0] * wh[1])
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -123,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
             "image": "cadc/assets/astronaut.png resized", "load_average_start": os.getloadavg(),
         },
         "runs": [],
+        "encode_runs": [],
     }
+
+    def save() -> None:
+        result["targets"] = {**report.targets(result["runs"], device), **report.encode_targets(result["encode_runs"])}
+        result["settings"]["wall_s"] = time.perf_counter() - start
+        result["settings"]["load_average_end"] = os.getloadavg()
+        json_path.write_text(json.dumps(result, indent=1))
+
     with tempfile.TemporaryDirectory(prefix="cadc-bench-") as tmp:
         workdir = Path(tmp)
         for width, height in sizes:
@@ -166,10 +192,50 @@ def main(argv: list[str] | None = None) -> int:
                     + (f"  ERRORS: {run['errors']}" if run["errors"] else ""),
                     flush=True,
                 )
-                result["targets"] = report.targets(result["runs"], device)
-                result["settings"]["wall_s"] = time.perf_counter() - start
-                result["settings"]["load_average_end"] = os.getloadavg()
-                json_path.write_text(json.dumps(result, indent=1))
+                save()
+        for text in args.encode_sizes:
+            width, height = parse_size(text)
+            print(f"[bench] cadc {width}x{height}: encode only", flush=True)
+            spec = {"preset": "cadc", "width": width, "height": height, "device": device, "dtype": dtype,
+                    "threads": args.threads, "codec": paths["codec_cadc"], "cadc_path": None, "phase": "encode",
+                    "encode_repeats": 1}
+            run = report.build_encode_run("cadc", width, height, run_child(spec, workdir, args.timeout))
+            result["encode_runs"].append(run)
+            nan = float("nan")
+            print(f"[bench]   exact {run['encode_s'] or nan:.1f} s, fast {run['encode_fast_s'] or nan:.1f} s, "
+                  f"peak RSS {run['peak_rss_exact_mib'] or nan:.0f} MiB"
+                  + (f"  ERRORS: {run['errors']}" if run["errors"] else ""), flush=True)
+            save()
+        if args.taesd:
+            result["vae_decoders"] = {}
+            for width, height in sizes or [parse_size(s) for s in args.sizes or ()]:
+                pw, ph = padded(width, height)
+                print(f"[bench] TAESD {width}x{height}", flush=True)
+                spec = {"preset": "taesd", "width": width, "height": height, "device": device, "dtype": dtype,
+                        "threads": args.threads, "phase": "taesd", "taesd": paths["taesd"],
+                        "tile_latent": args.tile_latent, "tile_overlap": args.tile_overlap,
+                        "tile_above": args.tile_above}
+                taesd = run_child(spec, workdir, args.timeout)
+                sd_runs = [r for r in result["runs"] if (r["width"], r["height"]) == (width, height)]
+                result["vae_decoders"][f"{width}x{height}"] = {
+                    "sd_vae_flops": flops.generative_flops(ph, pw, 320, args.tile_latent, args.tile_overlap,
+                                                           args.tile_above)["vae_decode"],
+                    "taesd_flops": flops.taesd_flops(ph, pw, args.tile_latent, args.tile_overlap, args.tile_above),
+                    "sd_vae_s": sd_runs[0]["stages"].get("vae_decode") if sd_runs else None,
+                    "taesd_s": taesd.get("taesd_s"),
+                    "taesd_load_s": taesd.get("load_s"),
+                    "taesd_peak_rss_mib": taesd.get("peak_rss_mib"),
+                    "errors": [taesd["error"]] if taesd.get("error") else [],
+                }
+                save()
+        if args.folder:
+            print(f"[bench] folder of {args.folder} images at {args.folder_size}", flush=True)
+            result["folder"] = throughput.folder_throughput(
+                workdir / "folder", paths[f"codec_{args.presets[0]}"], paths["sd_turbo"], parse_size(args.folder_size),
+                args.folder, args.folder_jobs, args.folder_generative, device, args.timeout,
+            )
+            print(f"[bench]   {json.dumps(result['folder'])}", flush=True)
+        save()
     latest = args.out / ("latest-quick.json" if args.quick else "latest.json")
     latest.write_text(json.dumps(result, indent=1))
     if not args.no_plot:
@@ -178,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / latest.with_suffix(".png").name).write_bytes(png.read_bytes())
     print(json.dumps({k: v["status"] for k, v in result["targets"].items()}, indent=1))
     print(f"[bench] report {json_path} ({time.perf_counter() - start:.0f} s)")
-    return 0 if all(not r["errors"] for r in result["runs"]) else 1
+    return 0 if all(not r["errors"] for r in (*result["runs"], *result["encode_runs"])) else 1
 
 
 if __name__ == "__main__":

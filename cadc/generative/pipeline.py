@@ -374,6 +374,13 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None]:
 def _peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:  # Linux: this process's own high-water mark (ru_maxrss can carry a parent's peak)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows: no portable peak-RSS query without extra packages
