@@ -1,6 +1,7 @@
 """CADCCodec: the learned codec of CADC (Sheng et al., CVPR 2026, arXiv 2602.21591).
 
-x → g_a → y (over tiles, :mod:`cadc.tiled_analysis`, so memory stays bounded); y → h_a → z; ẑ coded with a factorized entropy bottleneck; UGAQ quantizes
+x → g_a → y (over tiles, :mod:`cadc.tiled_analysis`, so memory stays bounded); y → h_a → z;
+ẑ coded with a factorized entropy bottleneck; UGAQ quantizes
 ŷ = round(y / f_u(y − UP(ẑ))); h_s(ẑ) and a 4-step quadtree context give μ, σ for ŷ;
 g_s(ŷ) = l_T on the SD latent grid; g_aux(l_T[:, :4]) = x̂_aux. The generative half (one-step
 SD-Turbo, BLIP captions) lives in :mod:`cadc.generative`.
