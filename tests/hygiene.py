@@ -40,6 +40,7 @@ CACHE_VARIABLES = {
     "TORCH_HOME": "torch",
     "TRITON_CACHE_DIR": "triton",
     "TORCHINDUCTOR_CACHE_DIR": "inductor",
+    "HYPOTHESIS_STORAGE_DIRECTORY": "hypothesis",
 }
 IGNORED = (".venv",)
 """Top-level paths whose status the guard ignores (the environment the suite runs in)."""
@@ -66,7 +67,11 @@ def redirect_caches() -> Path:
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
         sys.dont_write_bytecode = True
         from hypothesis import settings
+        from hypothesis.configuration import set_hypothesis_home_dir
 
+        # hypothesis' pytest plugin is imported before this runs: point its storage (which it
+        # creates under ./.hypothesis even without an example database) at the private folder.
+        set_hypothesis_home_dir(str(_private_cache / "hypothesis"))
         settings.register_profile("cadc-no-database", database=None)
         settings.load_profile("cadc-no-database")
     return _private_cache

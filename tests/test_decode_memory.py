@@ -4,7 +4,6 @@ stage) and the TAESD fast-preview decoder (``--vae-decoder``)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +64,30 @@ def test_file_dtype_unet_gives_the_float32_merged_unet_bit_for_bit(fp16_folder):
     l_t, text = torch.randn(1, LATENT_CHANNELS, 16, 24), torch.randn(1, 77, 32)
     with torch.inference_mode():
         assert torch.equal(denoiser(l_t, text), reference(l_t, text))
+
+
+def test_float32_stored_unet_is_not_changed_by_the_per_layer_merge():
+    """With float32 files the per-layer merge must work on a copy: running twice gives the same ε."""
+    source = SDTurboSource("tiny-random")
+    adapter = _trained_like_adapter(source)
+    reference = OneStepDenoiser(source.load_unet(), adapter, merge=True)
+    decoder = GenerativeDecoder.from_sources("tiny-random", latent_channels=LATENT_CHANNELS, device="cpu")
+    decoder.adapter = adapter
+    l_t, text = torch.randn(1, LATENT_CHANNELS, 8, 8), torch.randn(1, 77, 32)
+    with torch.inference_mode():
+        first, second = decoder.denoiser(l_t, text), decoder.denoiser(l_t, text)
+        assert torch.equal(first, second) and torch.equal(first, reference(l_t, text))
+
+
+def test_codec_releases_its_float64_copies_and_decodes_the_same(busy_codec):
+    from tests.conftest import make_photo
+
+    compressed = busy_codec.compress(make_photo(128, 192))[0]
+    before = busy_codec.decompress(compressed.payload, compressed.y_shape, compressed.z_shape)
+    busy_codec.release_float64_copies()
+    assert busy_codec._float64_copies == {}
+    after = busy_codec.decompress(compressed.payload, compressed.y_shape, compressed.z_shape)
+    assert torch.equal(before.l_T, after.l_T)
 
 
 def test_file_dtype_text_encoder_gives_the_float32_one_bit_for_bit(fp16_folder):
@@ -154,10 +177,6 @@ def taesd(tmp_path_factory) -> tuple[nn.Sequential, Path]:
 
 def test_taesd_loads_from_every_layout_and_decodes_like_the_published_model(taesd, tmp_path):
     reference, folder = taesd
-    torch.save(reference.state_dict(), tmp_path / "taesd_decoder.pth")
-    pth_folder = tmp_path / "approx_pth"
-    pth_folder.mkdir()
-    shutil.copy(tmp_path / "taesd_decoder.pth", pth_folder)
     from_folder = load_taesd_decoder(folder)
     diffusers_dir = tmp_path / "taesd-diffusers"
     diffusers_dir.mkdir()
@@ -167,14 +186,17 @@ def test_taesd_loads_from_every_layout_and_decodes_like_the_published_model(taes
     z = torch.randn(1, 4, 6, 5) * 2
     with torch.inference_mode():
         expected = reference(z) * 2 - 1
-        for source in (folder, folder / "taesd_decoder.safetensors", tmp_path / "taesd_decoder.pth", pth_folder,
-                       diffusers_dir):
+        for source in (folder, folder / "taesd_decoder.safetensors", diffusers_dir):
             model = load_taesd_decoder(source)
             assert model.encoder is None
             assert torch.allclose(model.decode(z, return_dict=False)[0], expected, atol=1e-6), source
 
 
 def test_taesd_refuses_other_files_with_one_clear_error(tmp_path):
+    pickled = tmp_path / "taesd_decoder.pt"
+    pickled.write_bytes(b"not even opened")
+    with pytest.raises(FileNotFoundError, match=r"not a \.safetensors file"):
+        load_taesd_decoder(pickled)
     save_file({"encoder.layers.0.weight": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(FileNotFoundError, match="does not look like a TAESD decoder"):
         load_taesd_decoder(tmp_path / "x.safetensors")

@@ -244,10 +244,10 @@ def _read_safetensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     return tensors
 
 
-TAESD_DECODER_NAMES = ("taesd_decoder.safetensors", "taesd_decoder.pth", "taesd_decoder.pt")
+TAESD_DECODER_NAMES = ("taesd_decoder.safetensors",)
 """File names of the SD 1/2 TAESD decoder in ComfyUI's ``models/vae_approx``."""
 TAESD_HINT = (
-    "download taesd_decoder.safetensors (or .pth) from madebyollin/taesd into <ComfyUI>/models/vae_approx "
+    "download taesd_decoder.safetensors from madebyollin/taesd into <ComfyUI>/models/vae_approx "
     "and pass that folder or file, or pass a diffusers copy of madebyollin/taesd"
 )
 
@@ -257,8 +257,9 @@ def load_taesd_decoder(spec: str | os.PathLike) -> AutoencoderTiny:
 
     Args:
         spec: a diffusers ``AutoencoderTiny`` folder, a ``vae_approx`` folder with ``taesd_decoder.*``,
-            or one decoder file (``.safetensors``, or ``.pth``/``.pt`` read with ``weights_only``), in
-            the original layout (``1.weight``, ``3.conv.0.weight``, …) or diffusers' (``decoder.layers.*``).
+            or one ``.safetensors`` decoder file (pickled checkpoints are refused: weights are
+            safetensors only), in the original layout (``1.weight``, ``3.conv.0.weight``, …) or
+            diffusers' (``decoder.layers.*``).
 
     Raises:
         SourceError: the path is missing, holds no TAESD decoder, or its tensors do not fit TAESD.
@@ -275,15 +276,9 @@ def load_taesd_decoder(spec: str | os.PathLike) -> AutoencoderTiny:
     weights = next((f for f in files if f.is_file()), None)
     if weights is None:
         raise SourceError(f"no TAESD decoder at {path}: {TAESD_HINT}")
-    if weights.suffix in (".pth", ".pt"):
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle/zip errors come in many types
-            raise SourceError(f"{weights} is not a readable TAESD decoder file: {error}") from error
-    elif weights.suffix == ".safetensors":
-        state = _read_safetensors(weights)
-    else:
-        raise SourceError(f"{weights} is neither .safetensors nor .pth: {TAESD_HINT}")
+    if weights.suffix != ".safetensors":
+        raise SourceError(f"{weights} is not a .safetensors file (pickled weights are never loaded): {TAESD_HINT}")
+    state = _read_safetensors(weights)
     decoder_state = _taesd_decoder_state(state, weights)
     with _parameters_on_meta():
         model = AutoencoderTiny.from_config({k: v for k, v in config.items() if not k.startswith("_")})
