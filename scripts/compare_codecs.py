@@ -6,7 +6,7 @@ is closest to the ``.cadc`` file's, and (b) the smallest file that reaches CADC'
 the image's mean colour (a flat image) is the floor any codec must beat. bpp counts
 whole files (headers included) over the original pixels; PSNR is on 8-bit RGB, peak 255.
 
-    python scripts/compare_codecs.py --model models/cadc-tiny.safetensors \
+    python scripts/compare_codecs.py --model models/cadc-photo-3.safetensors \
         data/sample-photos/{chelsea,rocket,grace_hopper}.png
 """
 

@@ -1,6 +1,6 @@
 """Copy the photos that ship with scikit-image and matplotlib into one folder (as PNG).
 
-These are the training and held-out images of the shipped ``models/cadc-tiny.safetensors``
+These are the training and held-out images of the former shipped model ``cadc-tiny``
 (see docs/training.md). Nothing is downloaded: only files already inside the installed packages
 are read.
 
