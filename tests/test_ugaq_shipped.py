@@ -1,12 +1,15 @@
 """UGAQ on the shipped models: the quantization step m adapts to the image, and the coded ŷ is
 not what isotropic rounding would give.
 
-Measured with the former shipped ``cadc-tiny`` on cadc/assets/astronaut.png (512², ŷ 32 × 8 × 8):
-m spans 1.00-1.42, its 5-95 % range is 1.000-1.183, and ŷ = round(y / m) differs from round(y) in
-19 % of the elements. The bounds below are a fraction of that, so any trained f_u passes and an
-untrained one (zero last layer: m ≡ 1 + softplus(−4) everywhere) or an encoder that ignores m fails.
-The cadc-photo family passes the same bounds (on Kodak its m spans 1.00-1.42, 99th percentile
-1.14-1.22).
+Measured on cadc/assets/astronaut.png (512², ŷ 96 × 8 × 8) with the photo family:
+
+    model          m range      m 5-95 %     per-channel spatial range   ŷ ≠ round(y)
+    cadc-photo-1   1.006-2.305  1.016-1.519  0.251                       6.6 %
+    cadc-photo-2   1.000-1.752  1.001-1.209  0.070                       5.5 %
+    cadc-photo-3   1.000-1.385  1.000-1.114  0.058                       5.8 %
+
+The bounds below are about half of that, so a trained f_u passes and an untrained one (zero last
+layer: m ≡ 1 + softplus(−4) everywhere) or an encoder that ignores m fails.
 """
 
 from __future__ import annotations
@@ -70,4 +73,4 @@ def test_coded_y_hat_is_y_over_m_rounded_and_not_isotropic_rounding(codec, x):
     plain = isotropic.compress(x)[0].y_hat.double()
     assert torch.equal(plain, torch.round(y))
     differ = (coded != plain).double().mean().item()
-    assert differ >= 0.04, f"UGAQ changes only {differ:.2%} of ŷ"
+    assert differ >= 0.03, f"UGAQ changes only {differ:.2%} of ŷ"
