@@ -25,7 +25,13 @@ from tests.nodes_fakes import folder_paths
 __all__ = ["folder_paths"]  # the fixture is used by name
 
 TEMPLATES_DIR = REPO_ROOT / "example_workflows"
-WORKFLOWS = ["cadc_compress", "cadc_decompress", "cadc_decompress_aux", "cadc_roundtrip"]
+WORKFLOWS = [
+    "cadc_compress",
+    "cadc_decompress",
+    "cadc_decompress_aux",
+    "cadc_decompress_fast_preview",
+    "cadc_roundtrip",
+]
 STOCK_NODES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "LoadImage": ({"image": "COMBO"}, ("IMAGE", "MASK")),
     "SaveImage": ({"images": "IMAGE", "filename_prefix": "STRING"}, ()),
@@ -33,6 +39,7 @@ STOCK_NODES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "CheckpointLoaderSimple": ({"ckpt_name": "COMBO"}, ("MODEL", "CLIP", "VAE")),
     "CLIPTextEncode": ({"text": "STRING", "clip": "CLIP"}, ("CONDITIONING",)),
     "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, ("IMAGE",)),
+    "VAELoader": ({"vae_name": "COMBO"}, ("VAE",)),
 }
 """Inputs (name → type, in declaration order) and outputs of the stock nodes the workflows use."""
 EXTRA_WIDGET_VALUES = {"LoadImage": 1}
@@ -43,9 +50,10 @@ MODEL_WIDGETS = {
     "CADCLoadCaptioner": ["blip-image-captioning-base"],
     "LoadImage": ["cadc_astronaut.png", "image"],
     "CADCLoadBitstream": ["cadc_astronaut.cadc"],
+    "VAELoader": ["taesd"],
 }
 """The widget values every template must use: what a user has after installing the pack (and
-SD-Turbo/BLIP under their usual names)."""
+SD-Turbo/BLIP/TAESD under their usual names)."""
 
 
 def signature(node_type: str) -> tuple[dict[str, str], tuple[str, ...]]:

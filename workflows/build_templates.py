@@ -9,7 +9,8 @@ screenshots the browser test leaves in its temporary folder (see :data:`THUMBNAI
 
 Every template uses the best shipped model (``cadc.model_lookup.DEFAULT_MODEL_FILE``), the sample
 inputs the pack copies into ComfyUI's input folder (``cadc_nodes.host.SAMPLE_INPUTS``), SD-Turbo as
-``models/checkpoints/sd_turbo.safetensors`` and BLIP as ``models/blip/blip-image-captioning-base``.
+``models/checkpoints/sd_turbo.safetensors`` and BLIP as ``models/blip/blip-image-captioning-base``
+(the fast-preview template also TAESD, ``taesd_encoder``/``taesd_decoder`` in ``models/vae_approx``).
 """
 
 from __future__ import annotations
@@ -151,8 +152,11 @@ def _load_and_decode(g: Graph) -> tuple[Node, Node]:
     return decode, aux
 
 
-def _generative_part(g: Graph, latent: Node, x: int, prefix: str, title: str) -> Node:
-    """Caption + CLIP Text Encode + One-Step Denoise + VAE Decode + crop + Save Image, from a CADC_LATENT."""
+def _generative_part(g: Graph, latent: Node, x: int, prefix: str, title: str, taesd: bool = False) -> Node:
+    """Caption + CLIP Text Encode + One-Step Denoise + VAE Decode + crop + Save Image, from a CADC_LATENT.
+
+    ``taesd``: decode with the stock VAE Loader's ``taesd`` (fast preview) instead of SD-Turbo's VAE.
+    """
     captioner = g.add("CADCLoadCaptioner", (x, 300), (280, 60), [("captioner", "CADC_CAPTIONER")], [BLIP_FOLDER])
     caption = g.add("CADCCaption", (x, 420), (280, 150), [("prompt", "STRING"), ("caption", "STRING")])
     g.link(latent, 0, caption, "cadc_latent")
@@ -173,7 +177,11 @@ def _generative_part(g: Graph, latent: Node, x: int, prefix: str, title: str) ->
     g.link(latent, 0, denoise, "cadc_latent")
     vae_decode = g.add("VAEDecode", (x + 330, 530), (290, 50), [("IMAGE", "IMAGE")])
     g.link(denoise, 0, vae_decode, "samples")
-    g.link(checkpoint, 2, vae_decode, "vae")
+    if taesd:
+        vae = g.add("VAELoader", (x, 640), (280, 60), [("VAE", "VAE")], ["taesd"], title="TAESD (models/vae_approx)")
+        g.link(vae, 0, vae_decode, "vae")
+    else:
+        g.link(checkpoint, 2, vae_decode, "vae")
     crop = g.add("CADCCropToOriginal", (x + 330, 640), (290, 50), [("image", "IMAGE")])
     g.link(vae_decode, 0, crop, "image")
     g.link(latent, 0, crop, "cadc_latent")
@@ -197,6 +205,18 @@ def decompress() -> Graph:
     g.group("Load .cadc", "input", 10, 320)
     g.group("Decode + caption", "decode", 340, 320)
     _generative_part(g, decode, 360, "CADC/decoded", "Decoded")
+    preview = g.add("PreviewImage", (1040, 460), (300, 280), [], title="Aux preview")
+    g.link(aux, 0, preview, "images")
+    return g
+
+
+def decompress_fast_preview() -> Graph:
+    """As ``cadc_decompress``, decoding the latent with TAESD (models/vae_approx) instead of SD-Turbo's VAE."""
+    g = Graph(5)
+    decode, aux = _load_and_decode(g)
+    g.group("Load .cadc", "input", 10, 320)
+    g.group("Decode + caption", "decode", 340, 320)
+    _generative_part(g, decode, 360, "CADC/fast_preview", "Fast preview (TAESD)", taesd=True)
     preview = g.add("PreviewImage", (1040, 460), (300, 280), [], title="Aux preview")
     g.link(aux, 0, preview, "images")
     return g
@@ -232,6 +252,7 @@ TEMPLATES = {
     "cadc_decompress": decompress,
     "cadc_roundtrip": roundtrip,
     "cadc_decompress_aux": decompress_aux,
+    "cadc_decompress_fast_preview": decompress_fast_preview,
 }
 
 
@@ -244,6 +265,7 @@ THUMBNAIL_SHOTS = {
     "cadc_compress": "done",
     "cadc_decompress_aux": "done",
     "cadc_decompress": "loaded",
+    "cadc_decompress_fast_preview": "loaded",
     "cadc_roundtrip": "loaded",
 }
 """Which screenshot each thumbnail shows: the finished run where the pack alone made the pictures,
