@@ -228,7 +228,8 @@ def compress_folder(args: argparse.Namespace) -> dict[str, Any]:
     jobs, report = _prepare(args.image, args, image_suffixes(), CADC_SUFFIX)
     checkpoint = load_checkpoint(args.model, device=args.device)
     codec = checkpoint.codec
-    codec.prepare()  # the float64 copies, built once before the threads start
+    if not args.fast:
+        codec.prepare()  # the exact encoder's float64 copies, built once before the threads start
 
     def work(job: Job) -> int:
         image = load_image(job.source)

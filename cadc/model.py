@@ -382,6 +382,12 @@ class CADCCodec(nn.Module):
         for name in names:
             self._float64(name)
 
+    def release_float64_copies(self) -> None:
+        """Drop the cached float64 copies (about 240 MB for ``sd-turbo``'s decoder side); the next
+        compress/decompress rebuilds them. For one-shot decodes that go on to the generative models."""
+        with _FLOAT64_LOCK:
+            self._float64_copies.clear()
+
     # ------------------------------------------------------------------ helpers
     def _hyper_context(self, z_symbols: torch.Tensor, y_shape: tuple[int, int, int]) -> torch.Tensor:
         """h_s(ẑ) in float64 on the CPU, cropped to y's grid: [1, 2·Cy, h, w]."""
