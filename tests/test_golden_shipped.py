@@ -61,7 +61,7 @@ def golden(model: Path) -> dict:
 def test_golden_file_decodes_to_its_pinned_image(model, golden, tmp_path):
     assert hashlib.sha256(golden["path"].read_bytes()).hexdigest() == golden["file_sha256"]
     aux = tmp_path / "aux.png"
-    assert main(["decompress", str(golden["path"]), "-o", str(aux), "--aux-only", "--model", str(model)]) == 0
+    make_golden.run_cli("decompress", str(golden["path"]), "-o", str(aux), "--aux-only", "--model", str(model))
     assert make_golden.pixels_sha256(aux) == (golden["aux_pixels_sha256"], golden["aux_size"])
     assert make_golden.y_hat_sha256(model, golden["path"]) == golden["y_hat_sha256"]
 
