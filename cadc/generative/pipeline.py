@@ -10,14 +10,17 @@ its stage is done. The UNet and the VAE decoder run over latent tiles when the l
 exceeds ``tile_above``.
 
 Memory on the CPU: the text encoder and the UNet keep their weights in the file's dtype (float16 for
-SD-Turbo's usual files, memory-mapped) and compute in float32 layer by layer
-(:mod:`.layer_cast`; bit-identical to casting them up front, LoRA merged per layer in float32). The
-VAE decoder (small) is cast up front and its encoder dropped. ``vae_decoder`` swaps the SD VAE
+SD-Turbo's usual files, memory-mapped) and compute in float32 layer by layer (:mod:`.layer_cast`;
+bit-identical to casting them up front; the LoRA is merged once in float32 and rounded to the file's
+dtype, as on a GPU). The VAE decoder (small) is cast up front, its encoder dropped and its SiLUs
+made in-place (each acts on a fresh GroupNorm output; the same numbers, ~0.6 GB less at 2048x1365).
+ ``vae_decoder`` swaps the SD VAE
 decoder for TAESD (fast preview, :func:`.sd_turbo.load_taesd_decoder`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -34,7 +37,7 @@ from .adapter import AdapterConfig, AdapterError, AdapterWeights
 from .captioner import FIXED_PROMPT, TINY, Captioner, check_blip_folder, join_prompt
 from .denoiser import OneStepDenoiser
 from .errors import SourceError
-from .layer_cast import compute_in
+from .layer_cast import compute_in, merge_lora
 from .schedule import predict_x0
 from .sd_turbo import SDTurboSource, load_taesd_decoder
 from .tiling import tiled
@@ -223,10 +226,9 @@ class GenerativeDecoder:
 
         def load() -> OneStepDenoiser:
             if self._stored_in_file_dtype():
-                den = OneStepDenoiser(
-                    self.sd_turbo.load_unet(), self.adapter, self.adapter_config, merge=False, adapter_dtype=self.dtype
-                )
-                compute_in(den.unet, self.dtype)
+                unet = self.sd_turbo.load_unet()
+                den = OneStepDenoiser(unet, self.adapter, self.adapter_config, merge=False, adapter_dtype=torch.float32)
+                compute_in(merge_lora(den.unet), self.dtype)
                 return den
             unet = _place(self.sd_turbo.load_unet(), self.device, self.dtype)
             return _place(OneStepDenoiser(unet, self.adapter, self.adapter_config), self.device, self.dtype)
@@ -242,6 +244,9 @@ class GenerativeDecoder:
                 return _place(load_taesd_decoder(self.vae_decoder), self.device, self.dtype)
             vae = self.sd_turbo.load_vae()
             vae.encoder = vae.quant_conv = None  # decoding needs post_quant_conv and the decoder only
+            for module in vae.decoder.modules():  # decoder SiLUs follow a GroupNorm (no shared time embedding)
+                if isinstance(module, torch.nn.SiLU):
+                    module.inplace = True
             return _place(vae, self.device, self.dtype)
 
         return self._get("vae", load)  # type: ignore[return-value]
@@ -256,6 +261,7 @@ class GenerativeDecoder:
         for name in names:
             self._models.pop(name, None)
         gc.collect()
+        _trim_heap()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -363,6 +369,16 @@ class GenerativeDecoder:
 def _place(module: M, device: torch.device, dtype: torch.dtype) -> M:
     """Move and cast; plain ``nn.Module.to`` skips diffusers' warning about fp32-only modules (none here)."""
     return torch.nn.Module.to(module, device=device, dtype=dtype)
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc's ``malloc_trim``; nothing elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # another C library (musl): nothing to do
+        pass
 
 
 def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None]:
