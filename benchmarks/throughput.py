@@ -2,8 +2,9 @@
 
 Each measurement is one ``cadc`` command in a fresh process (``python -m cadc.cli ... --json``), as a
 user runs it, on a folder of test images (the bundled photo resized and shifted, so no two are
-equal); the command's own report gives ``images_per_s`` (model loading excluded: the clock starts
-once the models are ready) and the process's wall time is recorded too.
+equal); the command's own report gives ``images_per_s`` (its clock starts after the codec is
+loaded; a generative decode loads SD-Turbo during the first file, inside the clock) and the
+process's wall time (``process_s``, imports and loading included) is recorded too.
 """
 
 from __future__ import annotations
