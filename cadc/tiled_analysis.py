@@ -258,7 +258,7 @@ def segment_tiles(
     """Row and column tiles of ``segment`` over an input of ``height`` × ``width`` positions.
 
     Tiles are square-ish with at most ``tile_bytes / (bytes_per_value · widest)`` input positions
-    (``bytes_per_value``: element size × batch), so the widest activation fits the budget.
+    (``bytes_per_value``: the element size), so the widest activation of one image fits the budget.
     """
     positions = tile_bytes / (bytes_per_value * segment.widest)
     side = max(segment.footprint.stride, math.isqrt(int(positions)))
@@ -307,7 +307,8 @@ def tiled_analysis(
         analysis: g_a (an ``AnalysisTransform``, possibly a float64 copy).
         x: [B, 3, H, W] in 0..1 on any device and dtype (H, W multiples of g_a's stride); each tile
             is cast to ``analysis``' device and dtype when it is read, so x is never copied whole.
-        tile_bytes: budget for the widest activation of one tile.
+        tile_bytes: budget for the widest activation of one tile, per image: the plan, hence every
+            rounding, is the same whatever the batch an image is encoded in.
         max_halo: see :func:`plan_segments`.
         segments: a precomputed :func:`plan_segments` result (must belong to ``analysis``).
 
@@ -316,7 +317,7 @@ def tiled_analysis(
     """
     param = next(analysis.parameters())
     plan = list(segments) if segments is not None else plan_segments(analysis, max_halo)
-    bytes_per_value = param.element_size() * x.shape[0]
+    bytes_per_value = param.element_size()
     h = x
     for index, segment in enumerate(plan):
         tiles = segment_tiles(segment, h.shape[-2], h.shape[-1], tile_bytes, bytes_per_value)

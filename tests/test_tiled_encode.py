@@ -154,3 +154,13 @@ def test_tiled_encode_is_byte_identical_across_thread_counts():
         for threads in (1, 2)
     ]
     assert outputs[0] == outputs[1] and len(outputs[0]) > 100
+
+
+def test_an_image_gives_the_same_y_alone_or_in_a_batch(busy_codec):
+    """The tile plan is per image: batching must not change any rounding (hence any file)."""
+    g_a = busy_codec._float64("g_a")
+    x = torch.cat([make_photo(320, 448, seed=s) for s in (1, 2)])
+    with torch.inference_mode():
+        batch = tiled_analysis(g_a, x, tile_bytes=2**20)
+        for i in (0, 1):
+            assert torch.equal(batch[i], tiled_analysis(g_a, x[i : i + 1], tile_bytes=2**20)[0])
