@@ -18,6 +18,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+BLIP_CAPTIONER_ID = "Salesforce/blip-image-captioning-base"
+"""The frozen captioner of BFATC (paper: BLIP base)."""
+
 FIXED_PROMPT = (
     "A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, and natural lighting"
 )
@@ -50,7 +53,10 @@ class CodecConfig:
         num_scales, scale_min, scale_max: the log-spaced table of Gaussian σ used for coding.
         rate_tag: free text identifying the rate point of the weights, e.g. ``"lambda=2"``.
         denoise_timestep: timestep of the one-step UNet pass (paper: 999).
-        captioner_id: captioner the decoder uses for BFATC.
+        captioner_id: captioner the decoder uses for BFATC; written into every file as a hint.
+            None: the model's UNet step was not trained with captions (codec-only or Stage I
+            models, ablations without BFATC), so its files name no captioner and decoding them
+            without one raises no warning.
         fixed_prompt: c_fix, appended to the caption.
     """
 
@@ -73,7 +79,7 @@ class CodecConfig:
     scale_max: float = 256.0
     rate_tag: str = "untrained"
     denoise_timestep: int = 999
-    captioner_id: str = "Salesforce/blip-image-captioning-base"
+    captioner_id: str | None = BLIP_CAPTIONER_ID
     fixed_prompt: str = FIXED_PROMPT
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -8,9 +8,13 @@ import itertools
 import pytest
 import torch
 
+from cadc.codec_io import decoder_hints
 from cadc.config import FIXED_PROMPT, get_preset
 from cadc.container import DecoderHints
 from cadc.generative.decode_plan import DecodePlanError, Tiling, caption_each, plan_decode
+from cadc.model_lookup import PACKAGE_MODELS_DIR
+from cadc.training.config import ABLATIONS, TrainConfig
+from cadc.weights import load_checkpoint
 
 CONFIG = get_preset("tiny")
 BLIP = "Salesforce/blip-image-captioning-base"
@@ -88,3 +92,26 @@ def test_caption_each_captions_every_image_on_its_own():
 
 def test_default_prompt_is_the_papers():
     assert plan_decode(DecoderHints(), CONFIG, captioner=False).prompt(None) == FIXED_PROMPT
+
+
+RUNS = [(s, a) for s in ("codec", "stage1", "stage2") for a in sorted(ABLATIONS) if s != "codec" or ABLATIONS[a].aux]
+
+
+@pytest.mark.parametrize("stage, ablation", RUNS)
+def test_only_a_stage2_run_with_captions_names_a_captioner(stage, ablation):
+    """A model names BLIP in its files only when its UNet step was trained on captions (Stage II
+    with BFATC); the others must not make every decode without a captioner warn."""
+    config = TrainConfig(stage=stage, ablation=ablation, blip="tiny-random", sd_turbo="tiny-random", preset="tiny")
+    want = BLIP if stage == "stage2" and ABLATIONS[ablation].caption else None
+    assert config.captioner_hint == want
+    assert config.codec_config().captioner_id == want
+
+
+def test_shipped_models_name_no_captioner_so_decoding_them_without_one_is_quiet():
+    """The shipped family is codec-only (no trained UNet adapter)."""
+    for path in sorted(PACKAGE_MODELS_DIR.glob("*.safetensors")):
+        checkpoint = load_checkpoint(path)
+        assert not checkpoint.adapter_state, path.name
+        hints = decoder_hints(checkpoint.codec)
+        assert hints.captioner_id is None, path.name
+        assert plan_decode(hints, checkpoint.codec.config, captioner=False).warning is None

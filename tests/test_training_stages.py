@@ -8,9 +8,12 @@ import pytest
 from safetensors import safe_open
 
 from cadc import cli
+from cadc.config import BLIP_CAPTIONER_ID
+from cadc.container import read_cadc
 from cadc.training.backbones import LPIPS, BackboneError, CLIPEmbedding, Discriminator
 from cadc.training.config import TrainConfig
 from cadc.training.trainer import MODEL_FILE, train
+from cadc.weights import load_checkpoint
 from tests.test_training import FAST, write_photos
 
 STAND_INS = dict(sd_turbo="tiny-random", lpips="tiny-random", clip="tiny-random")
@@ -20,6 +23,8 @@ def test_stage1_then_stage2_smoke(tmp_path):
     photos = write_photos(tmp_path / "photos")
     stage1 = train(TrainConfig(stage="stage1", steps=2, **STAND_INS, **FAST), [photos], tmp_path / "s1")
     assert {"bpp", "mse", "lpips", "clip", "aux"} <= set(stage1["final_train"])  # aux: g_aux on a detached l_T
+    # Stage I's UNet step never saw a caption: its files must not ask for a captioner
+    assert load_checkpoint(tmp_path / "s1" / MODEL_FILE).codec.config.captioner_id is None
     config = TrainConfig(
         stage="stage2",
         steps=2,
@@ -49,6 +54,8 @@ def test_stage1_then_stage2_smoke(tmp_path):
         str(tmp_path / "s2" / MODEL_FILE),
     ]
     assert cli.main(argv) == 0
+    # Stage II with captions (BFATC) starting from the Stage I model: now its files name BLIP
+    assert read_cadc(tmp_path / "p.cadc").header.hints.captioner_id == BLIP_CAPTIONER_ID
 
 
 @pytest.mark.parametrize("backbone", [LPIPS, CLIPEmbedding, Discriminator])

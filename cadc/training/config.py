@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import CodecConfig, get_preset
+from ..config import BLIP_CAPTIONER_ID, CodecConfig, get_preset
 
 STAGES = ("codec", "stage1", "stage2")
 FROZEN_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -231,10 +231,19 @@ class TrainConfig:
         """d4, zero when the ablation has no aux decoder."""
         return self.aux_weight if self.switches.aux else 0.0
 
+    @property
+    def captioner_hint(self) -> str | None:
+        """The captioner the models of this run are decoded with (``CodecConfig.captioner_id``):
+        BLIP after a Stage II with captions (BFATC); none otherwise, since the UNet step never saw
+        a caption (codec-only and Stage I runs, ablations without BFATC)."""
+        return BLIP_CAPTIONER_ID if self.stage == "stage2" and self.switches.caption else None
+
     def codec_config(self) -> CodecConfig:
         """The codec this run builds when it does not start from ``init``."""
         tag = self.rate_tag or f"lambda={self.lambda_rate:g}"
-        return get_preset(self.preset).replace(ugaq=self.switches.ugaq, aux=self.switches.aux, rate_tag=tag)
+        return get_preset(self.preset).replace(
+            ugaq=self.switches.ugaq, aux=self.switches.aux, rate_tag=tag, captioner_id=self.captioner_hint
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

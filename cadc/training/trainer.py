@@ -146,7 +146,9 @@ class TrainingRun:
                 f"init checkpoint {c.init} has ugaq={codec.config.ugaq}, aux={codec.config.aux}; "
                 f"ablation {c.ablation!r} needs ugaq={c.switches.ugaq}, aux={c.switches.aux}"
             )
-        codec.config = codec.config.replace(rate_tag=c.rate_tag or f"lambda={c.lambda_rate:g}")
+        codec.config = codec.config.replace(
+            rate_tag=c.rate_tag or f"lambda={c.lambda_rate:g}", captioner_id=c.captioner_hint
+        )
         adapter = {"state": checkpoint.adapter_state, "config": checkpoint.adapter_config}
         return codec.train(), adapter if checkpoint.adapter_state else {}
 
