@@ -1,34 +1,66 @@
-"""The CompressAI pieces CADC uses, from compressai when it imports, else from CADC's own modules.
+"""CompressAI's compiled rANS coder, loaded without the rest of compressai.
 
-compressai brings the fast C++ rANS coder (``compressai.ans``) and the entropy layers. It has no
-wheels for Windows or CPython 3.13 (and none for glibc < 2.34), so CADC also runs without it:
-:mod:`cadc.entropy_models` provides ``EntropyBottleneck``, ``GaussianConditional`` and
-``update_registered_buffers`` with the same state-dict keys and numerics, and :mod:`cadc.rans`
-a pure-Python coder writing the same bytes (``cadc.entropy.entropy_coder`` picks the coder).
+CADC's entropy layers are its own (:mod:`cadc.entropy_models`: ``EntropyBottleneck``,
+``GaussianConditional``, ``update_registered_buffers``), equal to compressai 1.2.8's bit for bit —
+state-dict keys, initialisation, likelihoods, gradients and CDF tables (``tests/test_entropy_models.py``
+checks each against compressai). From compressai CADC takes only its C++ rANS coder, the extension
+module ``compressai/ans.*.so``, loaded from its file: ``import compressai`` runs a package
+``__init__`` that imports pandas, scipy, matplotlib, torch-geometric and the model zoo, which
+costs ~3 s and ~320 MiB of resident memory in every process (a third of a 2048×1365 CPU decode's
+headroom) for nothing CADC uses.
 
-compressai 1.2.8 calls ``torch.jit.script`` at import time, which torch ≥ 2.10 warns about on every
-run of the CLI; the warning is about compressai's internals, not something a user can act on.
+compressai has no wheels for Windows, CPython 3.13 or glibc < 2.34; there :mod:`cadc.rans`, a
+pure-Python coder writing the same bytes, stands in (``cadc.entropy.entropy_coder`` picks the coder).
 """
 
 from __future__ import annotations
 
-import warnings
+import importlib.machinery
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+from .entropy_models import EntropyBottleneck, GaussianConditional, update_registered_buffers
+
+ANS_MODULE = "compressai.ans"
+"""The extension's own module name (the same one compressai imports it under, so a process that
+imports compressai too shares one copy)."""
+
+
+def load_compressai_coder() -> ModuleType:
+    """compressai's ``ans`` extension module, from its file, without importing the compressai package.
+
+    Raises:
+        ImportError: compressai is not installed, or has no compiled coder loadable here.
+    """
+    spec = importlib.util.find_spec("compressai")  # locates the package; does not run its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("compressai is not installed")
+    folders = [Path(folder) for folder in spec.submodule_search_locations]
+    for folder in folders:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = folder / f"ans{suffix}"
+            if path.is_file():
+                loader = importlib.machinery.ExtensionFileLoader(ANS_MODULE, str(path))
+                module_spec = importlib.util.spec_from_file_location(ANS_MODULE, path, loader=loader)
+                module = importlib.util.module_from_spec(module_spec)
+                loader.exec_module(module)
+                return module
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    raise ImportError(f"compressai at {folders[0]} has no compiled rANS coder (ans{suffix})")
+
 
 try:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-        from compressai.ans import BufferedRansEncoder, RansDecoder
-        from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-        from compressai.models.utils import update_registered_buffers
-except Exception as error:  # not installed, or a build that does not load here: run without it
+    _ans = load_compressai_coder()
+    BufferedRansEncoder, RansDecoder = _ans.BufferedRansEncoder, _ans.RansDecoder
+except Exception as error:  # not installed, or a build that does not load here: the pure-Python coder
     BufferedRansEncoder = RansDecoder = None
     COMPRESSAI_ERROR: str | None = f"{type(error).__name__}: {error}".splitlines()[0]
-    from .entropy_models import EntropyBottleneck, GaussianConditional, update_registered_buffers
 else:
     COMPRESSAI_ERROR = None
 
 COMPRESSAI_AVAILABLE = COMPRESSAI_ERROR is None
-"""Whether compressai imported; its C++ coder and layers are used when it did."""
+"""Whether compressai's C++ rANS coder loaded."""
 
 __all__ = [
     "COMPRESSAI_AVAILABLE",
@@ -37,5 +69,6 @@ __all__ = [
     "EntropyBottleneck",
     "GaussianConditional",
     "RansDecoder",
+    "load_compressai_coder",
     "update_registered_buffers",
 ]

@@ -10,7 +10,8 @@ a percent of ``bits_estimated`` at the very low rates CADC runs at.
 ``StreamEncoder``/``StreamDecoder`` put every symbol of one image — ẑ first, then the four
 quadtree steps of ŷ — into one rANS stream, so an image pays the 32-bit flush of the coder once.
 Two coders write the same bytes (:func:`entropy_coder` picks one): CompressAI's C++ coder when
-compressai imports, else :mod:`cadc.rans` (pure Python + numpy); ``CADC_ENTROPY_CODER=python`` or
+compressai is installed (its extension alone, see :mod:`cadc._compressai`), else :mod:`cadc.rans`
+(pure Python + numpy); ``CADC_ENTROPY_CODER=python`` or
 ``=compressai`` forces one.
 """
 
@@ -40,7 +41,7 @@ CODERS = ("compressai", "python")
 def entropy_coder() -> str:
     """The coder ``StreamEncoder``/``StreamDecoder`` use now: ``"compressai"`` or ``"python"``.
 
-    CompressAI's C++ coder when it imports, else the pure-Python one; :data:`CODER_ENV` forces
+    CompressAI's C++ coder when it loads, else the pure-Python one; :data:`CODER_ENV` forces
     either (read on every call). Both write and read the same bytes.
     """
     choice = os.environ.get(CODER_ENV, "").strip().lower()
@@ -49,7 +50,7 @@ def entropy_coder() -> str:
     if choice not in CODERS:
         raise ValueError(f"{CODER_ENV}={choice!r}: use python, compressai or auto")
     if choice == "compressai" and COMPRESSAI_ERROR is not None:
-        raise RuntimeError(f"{CODER_ENV}=compressai, but compressai does not import here ({COMPRESSAI_ERROR})")
+        raise RuntimeError(f"{CODER_ENV}=compressai, but compressai's coder does not load here ({COMPRESSAI_ERROR})")
     return choice
 
 
@@ -62,7 +63,7 @@ def entropy_coder_description() -> str:
     forced = f", forced by {CODER_ENV}" if os.environ.get(CODER_ENV, "").strip().lower() in CODERS else ""
     if coder == "compressai":
         return f"compressai (C++ rANS{forced})"
-    reason = forced.removeprefix(", ") or f"compressai not importable: {COMPRESSAI_ERROR}"
+    reason = forced.removeprefix(", ") or f"compressai's coder not loadable: {COMPRESSAI_ERROR}"
     return f"python (pure-Python rANS, same bytes; {reason})"
 
 

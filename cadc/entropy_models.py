@@ -1,9 +1,10 @@
-"""Entropy bottleneck and Gaussian conditional in plain PyTorch, for installs without compressai.
+"""Entropy bottleneck and Gaussian conditional in plain PyTorch: CADC's entropy layers.
 
 Ballé et al., "Variational image compression with a scale hyperprior" (ICLR 2018,
 arXiv 1802.01436): the factorized density of ẑ (:class:`EntropyBottleneck`) and the Gaussian
 conditional of ŷ (:class:`GaussianConditional`). These classes match CompressAI 1.2.8's layers of the
-same names (:mod:`cadc._compressai` picks CompressAI's when it is installed): the same constructor
+same names (the tests compare them with compressai's; :mod:`cadc._compressai` says why CADC does
+not import compressai's own): the same constructor
 arguments, parameters and buffers under the same state-dict keys (every checkpoint loads with
 either), the same random initialisation order (``tiny-random`` has the same weights), the same
 likelihoods and auxiliary loss, and integer CDF tables built by the same arithmetic, bit for bit

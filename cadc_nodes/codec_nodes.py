@@ -7,7 +7,7 @@ Custom types passed between nodes:
 * ``CADC_LATENT`` — :class:`DecodedFiles`: l_T and x̂_aux of each file, and the checkpoint that
   decoded them (Caption and One-Step Denoise read the codec's defaults and adapter from it).
 
-The codec core (compressai) is imported when a node first runs, not when ComfyUI starts.
+The codec core is imported when a node first runs, not when ComfyUI starts.
 """
 
 from __future__ import annotations
