@@ -56,6 +56,34 @@ def peak_rss_mib() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
+class StagePeaks:
+    """Peak RSS of each decode stage, as a ``progress(stage, done, total)`` callback.
+
+    At the end of a stage (``done == total``, and :meth:`mark` for the codec's part) VmHWM is read
+    and reset to the current RSS (Linux: ``/proc/self/clear_refs`` 5), so each figure is the peak
+    between the previous stage's end and this one's. :attr:`overall` keeps the process peak the
+    resets hide. Where VmHWM cannot be reset the figures are cumulative.
+    """
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, float] = {}
+        self.overall = 0.0
+
+    def mark(self, stage: str) -> None:
+        peak = peak_rss_mib()
+        self.peaks[stage] = max(self.peaks.get(stage, 0.0), peak)
+        self.overall = max(self.overall, peak)
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if done == total:
+            self.mark(stage)
+
+
 def current_rss_mib() -> float:
     """Resident set size now (Linux /proc; falls back to the peak elsewhere)."""
     try:
@@ -217,8 +245,9 @@ def run_decode(spec: dict[str, Any]) -> dict[str, Any]:
         peak_loaded = peak_rss_mib()
         loads_before = dict(counter.calls)
         decodes = []
+        stage_peaks = StagePeaks()
         for _ in range(max(1, spec["decode_repeats"])):
-            decodes.append(decode_once(codec, cadc_file, decoder, caption, device, decode_file))
+            decodes.append(decode_once(codec, cadc_file, decoder, caption, device, decode_file, stage_peaks))
         loads_after = dict(counter.calls)
     finally:
         captioner_cls.from_source = original_from_source  # type: ignore[method-assign]
@@ -238,12 +267,15 @@ def run_decode(spec: dict[str, Any]) -> dict[str, Any]:
         "loader_calls_after_decoding": loads_after,
         "loaded_twice": loads_after != loads_before or any(v > 1 for v in loads_after.values()),
         "low_memory": decoder.low_memory,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": max(peak_rss_mib(), stage_peaks.overall, peak_loaded),
+        "peak_rss_by_stage_mib": stage_peaks.peaks,
         **cuda_peak(device),
     }
 
 
-def decode_once(codec, cadc_file, decoder, caption: bool, device: torch.device, decode_file) -> dict[str, Any]:
+def decode_once(
+    codec, cadc_file, decoder, caption: bool, device: torch.device, decode_file, stage_peaks: StagePeaks
+) -> dict[str, Any]:
     """One full decode: .cadc → ŷ → l_T (+ x̂_aux) → caption → text → UNet → VAE → image."""
     sync(device)
     start = time.perf_counter()
@@ -252,7 +284,10 @@ def decode_once(codec, cadc_file, decoder, caption: bool, device: torch.device, 
         codec.release_float64_copies()
     sync(device)
     header = cadc_file.header
-    result = decoder.decode(decoded.latent.l_T, decoded.latent.x_aux, out_hw=(header.height, header.width))
+    stage_peaks.mark("codec_decode")
+    result = decoder.decode(
+        decoded.latent.l_T, decoded.latent.x_aux, out_hw=(header.height, header.width), progress=stage_peaks
+    )
     sync(device)
     total = time.perf_counter() - start
     stages = {k: v for k, v in decoded.seconds.items() if k != "total"}

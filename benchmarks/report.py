@@ -99,6 +99,7 @@ def build_run(
         "peak_rss_mib": max(encode.get("peak_rss_mib", 0.0), decode.get("peak_rss_mib", 0.0)),
         "peak_rss_encode_mib": encode.get("peak_rss_mib"),
         "peak_rss_decode_mib": decode.get("peak_rss_mib"),
+        "peak_rss_by_stage_mib": decode.get("peak_rss_by_stage_mib"),
         "rss_after_load_mib": decode.get("rss_after_load_mib"),
         "peak_rss_after_load_mib": decode.get("peak_rss_after_load_mib"),
         "rss_after_each_load_mib": decode.get("rss_after_each_load_mib"),
