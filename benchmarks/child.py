@@ -246,8 +246,10 @@ def run_decode(spec: dict[str, Any]) -> dict[str, Any]:
         loads_before = dict(counter.calls)
         decodes = []
         stage_peaks = StagePeaks()
-        for _ in range(max(1, spec["decode_repeats"])):
-            decodes.append(decode_once(codec, cadc_file, decoder, caption, device, decode_file, stage_peaks))
+        repeats = max(1, spec["decode_repeats"])
+        for index in range(repeats):
+            last = index == repeats - 1
+            decodes.append(decode_once(codec, cadc_file, decoder, caption, device, decode_file, stage_peaks, last))
         loads_after = dict(counter.calls)
     finally:
         captioner_cls.from_source = original_from_source  # type: ignore[method-assign]
@@ -274,14 +276,18 @@ def run_decode(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def decode_once(
-    codec, cadc_file, decoder, caption: bool, device: torch.device, decode_file, stage_peaks: StagePeaks
+    codec, cadc_file, decoder, caption: bool, device: torch.device, decode_file, stage_peaks: StagePeaks,
+    last: bool,
 ) -> dict[str, Any]:
     """One full decode: .cadc → ŷ → l_T (+ x̂_aux) → caption → text → UNet → VAE → image."""
     sync(device)
     start = time.perf_counter()
     decoded = decode_file(codec, cadc_file, aux=caption)
-    if decoder.low_memory:  # as `cadc decompress`: the codec's float64 copies are not kept for another file
-        codec.release_float64_copies()
+    if decoder.low_memory:  # as `cadc decompress`: nothing of the codec is kept for another file
+        if last:
+            codec.release_weights()
+        else:
+            codec.release_float64_copies()
     sync(device)
     header = cadc_file.header
     stage_peaks.mark("codec_decode")

@@ -118,7 +118,7 @@ def _decode_generative(args: argparse.Namespace, checkpoint, cadc_file, output: 
     if plan.warning:
         warnings.warn(plan.warning, stacklevel=1)
     decoded = decode_file(codec, cadc_file, aux=plan.caption, max_pixels=getattr(args, "max_pixels", MAX_DECODE_PIXELS))
-    codec.release_float64_copies()  # one decode per process: their memory goes to the generative models
+    codec.release_weights()  # one decode per process: the codec's memory goes to the generative models
     decoder = GenerativeDecoder.from_sources(
         sd_turbo=args.sd_turbo,
         blip=args.blip if plan.caption else None,

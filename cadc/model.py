@@ -388,6 +388,13 @@ class CADCCodec(nn.Module):
         with _FLOAT64_LOCK:
             self._float64_copies.clear()
 
+    def release_weights(self) -> None:
+        """Free the float64 copies and every weight and CDF table (parameters and buffers move to
+        the meta device; ~220 MB for ``sd-turbo``), for one-shot decodes that hand the memory to
+        the generative models. The codec cannot code afterwards."""
+        self.release_float64_copies()
+        self.to("meta")
+
     # ------------------------------------------------------------------ helpers
     def _hyper_context(self, z_symbols: torch.Tensor, y_shape: tuple[int, int, int]) -> torch.Tensor:
         """h_s(ẑ) in float64 on the CPU, cropped to y's grid: [1, 2·Cy, h, w]."""

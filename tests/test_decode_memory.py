@@ -3,6 +3,7 @@ stage) and the TAESD fast-preview decoder (``--vae-decoder``)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cadc.generative import GenerativeDecoder, OneStepDenoiser, SDTurboSource
 from cadc.generative.adapter import AdapterConfig, AdapterWeights, seeded_adapter
 from cadc.generative.sd_turbo import CONFIG_DIR, _read_safetensors, load_taesd_decoder
 from cadc.testing.tiny_sd import tiny_text_encoder, tiny_unet, tiny_vae, write_tiny_tokenizer_files
+from cadc.weights import build_tiny_random
 
 LATENT_CHANNELS = 16
 
@@ -97,6 +99,16 @@ def test_codec_releases_its_float64_copies_and_decodes_the_same(busy_codec):
     assert busy_codec._float64_copies == {}
     after = busy_codec.decompress(compressed.payload, compressed.y_shape, compressed.z_shape)
     assert torch.equal(before.l_T, after.l_T)
+
+
+def test_release_weights_leaves_the_codec_holding_no_memory():
+    """``cadc decompress`` hands the codec's memory to the generative models after the entropy decode."""
+    codec = build_tiny_random()
+    codec.prepare()
+    codec.release_weights()
+    assert codec._float64_copies == {}
+    tensors = list(itertools.chain(codec.parameters(), codec.buffers()))
+    assert tensors and all(t.is_meta for t in tensors)
 
 
 def test_file_dtype_text_encoder_gives_the_float32_one_bit_for_bit(fp16_folder):
