@@ -245,3 +245,18 @@ def test_importing_the_pack_loads_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_pack_entry_point_also_imports_as_a_plain_module():
+    """pytest imports the checkout's __init__.py as a plain module named ``__init__`` when the folder's
+    name is no identifier (``git clone ... comfyui-cadc``): it must still give the node mappings."""
+    script = (
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('__init__', {str(REPO_ROOT / '__init__.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "print(len(module.NODE_CLASS_MAPPINGS), module.WEB_DIRECTORY)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["10", "./web"]
