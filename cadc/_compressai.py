@@ -5,9 +5,10 @@ CADC's entropy layers are its own (:mod:`cadc.entropy_models`: ``EntropyBottlene
 state-dict keys, initialisation, likelihoods, gradients and CDF tables (``tests/test_entropy_models.py``
 checks each against compressai). From compressai CADC takes only its C++ rANS coder, the extension
 module ``compressai/ans.*.so``, loaded from its file: ``import compressai`` runs a package
-``__init__`` that imports pandas, scipy, matplotlib, torch-geometric and the model zoo, which
-costs ~3 s and ~320 MiB of resident memory in every process (a third of a 2048×1365 CPU decode's
-headroom) for nothing CADC uses.
+``__init__`` that imports pandas, scipy, matplotlib, torch-geometric and the model zoo, for nothing
+CADC uses: 1.5–3 s and ~320 MiB of resident memory in a process that only codes (compress, aux
+decode; measured 2026-12-04), less in a generative decode, where diffusers and transformers bring
+scipy anyway.
 
 compressai has no wheels for Windows, CPython 3.13 or glibc < 2.34; there :mod:`cadc.rans`, a
 pure-Python coder writing the same bytes, stands in (``cadc.entropy.entropy_coder`` picks the coder).

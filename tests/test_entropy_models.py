@@ -219,7 +219,7 @@ def test_checkpoints_load_the_same_without_compressai(reference):
 
 def test_cadc_uses_compressais_coder_without_importing_compressai(reference):
     """The C++ coder is loaded from its file: encoding and decoding must not import the compressai
-    package (+320 MiB and ~3 s per process: pandas, scipy, matplotlib, its model zoo)."""
+    package (up to ~320 MiB and 1.5-3 s per process: pandas, scipy, matplotlib, its model zoo)."""
     script = (
         "import sys\n"
         "from cadc.codec_io import decode_file, encode_tensor\n"
